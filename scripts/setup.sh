@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a Debian machine: the system packages distren renders with, then a .venv
+# holding distren (editable) and its test tools. Runs in seconds when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v povray >/dev/null 2>&1 || need+=(povray)
+[ -f /usr/share/povray-3.7/include/colors.inc ] || need+=(povray-includes)
+# POV-Ray's own example animations are the test suite's and benchmark's real scenes.
+[ -d /usr/share/povray-3.7/scenes/animations ] || need+=(povray-examples)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if ((${#need[@]})); then
+  echo "setup: installing system packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+stamp=.venv/.installed
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi

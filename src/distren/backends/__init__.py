@@ -1,0 +1,35 @@
+"""Render backends. Each has the same shape: given a job's scene folder, its distrenjob.xml and
+one frame, produce that frame's files in a working folder (see :class:`Backend`)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..errors import JobFileError
+from ..jobfile import Frame, JobFile
+
+
+class Backend(Protocol):
+    name: str
+
+    def frame_ids(self, jf: JobFile) -> list[int]: ...
+
+    def render(self, jf: JobFile, frame: Frame, workdir, log, timeout: float,
+               register=None) -> list[str]:
+        """Render ``frame`` in ``workdir`` (a private copy of the scene); write the renderer's
+        output to the text file ``log``; return the names (relative to ``workdir``) of the
+        files the frame produced. Raise RenderError with the renderer's own message on failure."""
+        ...
+
+
+def get(name: str) -> Backend:
+    from . import povray
+
+    backends = {povray.NAME: povray.PovrayBackend()}
+    try:
+        return backends[name]
+    except KeyError:
+        raise JobFileError(
+            f"distrenjob.xml: job type {name!r} is not supported by this server "
+            f"(it renders: {', '.join(sorted(backends))})"
+        ) from None

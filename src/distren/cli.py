@@ -1,0 +1,266 @@
+"""The ``distren`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .client import DEFAULT_SERVER, Client
+from .errors import DistrenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="distren: a federated distributed renderer (POV-Ray first).")
+user_app = typer.Typer(no_args_is_help=True, help="Manage users on a server.")
+app.add_typer(user_app, name="user")
+err = Console(stderr=True)
+out = Console()
+
+ServerOpt = typer.Option(None, "--server", envvar="DISTREN_SERVER",
+                         help=f"The server's HTTP address (default {DEFAULT_SERVER}).")
+TokenOpt = typer.Option(None, "--token", envvar="DISTREN_TOKEN", help="Your token on that server.")
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 3
+
+
+def _client(server: str | None, token: str | None) -> Client:
+    return Client(server, token)
+
+
+@app.command()
+def serve(
+    name: str = typer.Option(..., "--name", help="This server's permanent name: distren://NAME/."),
+    listen: str = typer.Option("127.0.0.1:8311", "--listen", help="HOST:PORT to listen on."),
+    data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing)."),
+    frame_timeout: float = typer.Option(3600.0, "--frame-timeout", help="Seconds before a frame's render is stopped."),
+):
+    """Run a distren server."""
+    import uvicorn
+
+    from .api import create_app
+    from .service import DEFAULT_SLOTS, Server, Settings
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DistrenError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:8311")
+    host = host.strip("[]")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
+                             frame_timeout=frame_timeout))
+    server.start()
+    err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "
+              f"admin token in {data / 'admin.token'}")
+    try:
+        uvicorn.run(create_app(server), host=host, port=int(port), log_level="warning")
+    finally:
+        server.stop()
+
+
+@app.command()
+def pack(
+    source: Path = typer.Argument(..., help="A scene: an .ini, a .pov, or a folder holding one."),
+    output: Path = typer.Option(..., "-o", "--output", help="The bundle (.tar) to write."),
+    width: Optional[int] = typer.Option(None, "--width"),
+    height: Optional[int] = typer.Option(None, "--height"),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Keep frames A-B of the INI's animation."),
+):
+    """Write a job bundle (distrenjob.xml + the scene) ready to submit."""
+    from .pack import pack as do_pack
+
+    jf = do_pack(source, output, width, height, frames)
+    err.print(f"packed {len(jf.frames)} frame(s) at {jf.width}x{jf.height} into {output}")
+
+
+@app.command()
+def submit(
+    source: Path = typer.Argument(..., help="A bundle (.tar) or a scene (.ini, .pov, folder)."),
+    width: Optional[int] = typer.Option(None, "--width"),
+    height: Optional[int] = typer.Option(None, "--height"),
+    frames: Optional[str] = typer.Option(None, "--frames"),
+    wait_: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
+    server: Optional[str] = ServerOpt,
+    token: Optional[str] = TokenOpt,
+):
+    """Submit a job; prints its URL as the last line."""
+    from .pack import pack as do_pack
+
+    with _client(server, token) as c, tempfile.TemporaryDirectory(prefix="distren-") as tmp:
+        if source.suffix == ".tar" and source.is_file():
+            if width or height or frames:
+                raise DistrenError("--width/--height/--frames apply to scenes; pack the bundle again to change them")
+            tarball = source
+        else:
+            tarball = Path(tmp) / "job.tar"
+            do_pack(source, tarball, width, height, frames)
+        url = c.submit(tarball)
+    print(url, flush=True)
+    if wait_:
+        _wait(url, None, server, token)
+
+
+def _wait(url: str, timeout: float | None, server: str | None, token: str | None) -> None:
+    with _client(server, token) as c:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err,
+                      transient=False) as bar:
+            task = bar.add_task(url, total=None, state="")
+
+            def update(st: dict) -> None:
+                c_ = st["counts"]
+                state = st["state"] + (f", {c_['rendering']} rendering" if c_.get("rendering") else "") \
+                    + (f", {c_['failed']} failed" if c_.get("failed") else "")
+                bar.update(task, total=len(st["frames"]), completed=c_.get("done", 0), state=state)
+
+            try:
+                st = c.wait(url, timeout=timeout, on_update=update)
+            except TimeoutError as e:
+                err.print(f"[yellow]timeout:[/] {e}")
+                raise typer.Exit(EXIT_TIMEOUT) from None
+    if st["state"] != "done":
+        err.print(f"[red]{st['url']} {st['state']}[/]: {st['reason']}")
+        for f in st["frames"]:
+            if f["state"] == "failed":
+                err.print(f"  {f['url']}: {f['reason']}")
+        raise typer.Exit(EXIT_FAILED)
+    err.print(f"[green]{st['url']} done[/]: {len(st['frames'])} frame(s)")
+
+
+@app.command()
+def wait(
+    job: str = typer.Argument(..., help="distren://NAME/job/ID"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after S seconds (exit 3)."),
+    server: Optional[str] = ServerOpt,
+    token: Optional[str] = TokenOpt,
+):
+    """Wait for a job: exit 0 when done, 1 when failed or cancelled, 3 on timeout."""
+    _wait(job, timeout, server, token)
+
+
+@app.command()
+def status(
+    job: str = typer.Argument(..., help="distren://NAME/job/ID"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    server: Optional[str] = ServerOpt,
+    token: Optional[str] = TokenOpt,
+):
+    """Show a job's state and each frame's."""
+    with _client(server, token) as c:
+        st = c.status(job)
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    counts = ", ".join(f"{n} {s}" for s, n in st["counts"].items() if n)
+    out.print(f"[bold]{st['url']}[/]  {st['state']}  ({counts})  {st['width']}x{st['height']}  by {st['submitter']}")
+    if st["reason"]:
+        out.print(f"  {st['reason']}")
+    table = Table("frame", "state", "server", "tries", "files / reason")
+    for f in st["frames"]:
+        detail = " ".join(f["files"]) if f["state"] == "done" else f["reason"]
+        table.add_row(str(f["id"]), f["state"], f["server"] or "", str(f["attempts"]), detail)
+    out.print(table)
+
+
+@app.command()
+def jobs(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """List the server's jobs."""
+    with _client(server, token) as c:
+        rows = c.jobs()
+    table = Table("job", "state", "frames", "submitter")
+    for j in rows:
+        table.add_row(j["url"], j["state"], f"{j['done']}/{j['frames']}", j["submitter"])
+    out.print(table)
+
+
+@app.command()
+def download(
+    job: str = typer.Argument(...),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to put the frames in."),
+    server: Optional[str] = ServerOpt,
+    token: Optional[str] = TokenOpt,
+):
+    """Download a finished job's frames."""
+    with _client(server, token) as c:
+        names = c.download(job, output)
+    err.print(f"{len(names)} file(s) in {output}")
+
+
+@app.command()
+def cancel(job: str = typer.Argument(...), server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Cancel a job: nothing more of it is rendered."""
+    with _client(server, token) as c:
+        st = c.cancel(job)
+    err.print(f"{st['url']} {st['state']}")
+
+
+@app.command()
+def delete(job: str = typer.Argument(...), server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Delete a finished, failed or cancelled job and its files. Its id is never used again."""
+    with _client(server, token) as c:
+        c.delete(job)
+    err.print(f"deleted {job}")
+
+
+@app.command()
+def retry(frame: str = typer.Argument(..., help="distren://NAME/job/ID/frame/FID"),
+          server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Queue a failed frame again."""
+    with _client(server, token) as c:
+        st = c.retry(frame)
+    err.print(f"{frame} queued; {st['url']} is {st['state']}")
+
+
+@app.command()
+def log(frame: str = typer.Argument(..., help="distren://NAME/job/ID/frame/FID"),
+        server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Print a frame's renderer log (every attempt)."""
+    with _client(server, token) as c:
+        sys.stdout.write(c.log(frame))
+
+
+@user_app.command("add")
+def user_add(name: str = typer.Argument(...), server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Create a user (admin only); prints the new user's token."""
+    with _client(server, token) as c:
+        res = c.add_user(name)
+    err.print(f"created {res['user']}")
+    print(res["token"])
+
+
+@app.command()
+def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output")):
+    """Start a local server, render the bundled animation, download it and make a preview."""
+    from .demo import run
+
+    run(output)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DistrenError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,140 @@
+"""``distren pack``: turn a POV-Ray scene (an INI, a .pov or a folder) into a job bundle.
+
+The bundle holds ``distrenjob.xml`` at its root and the scene's whole folder under ``scene/``,
+so nested includes and image maps in subfolders travel along. The frame list comes from the INI
+(``Key=value`` lines or switches); ``--frames A-B`` keeps a part of it without changing any
+frame's clock or file name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bundle, jobfile, povini
+from .backends import povray
+from .errors import SceneError
+
+# Debian's /etc/povray/3.7/povray.ini; renderers always pass the job's size explicitly anyway.
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 600
+GENERATED_INI = "distren-generated.ini"
+SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}
+MAX_SCENE_BYTES = 2 * 1024**3
+MAX_SCENE_FILES = 10_000
+
+
+@dataclass(frozen=True)
+class Packed:
+    jobfile: jobfile.JobFile
+    scene_dir: Path
+    extra: dict[str, bytes]  # generated scene files (an INI for a bare .pov)
+
+
+def parse_frames(spec: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec or "")
+    if not m:
+        raise SceneError(f"--frames {spec!r}: use A-B (e.g. 1-12) or a single frame number")
+    a = int(m.group(1))
+    b = int(m.group(2)) if m.group(2) is not None else a
+    if b < a:
+        raise SceneError(f"--frames {spec!r}: the first frame is after the last")
+    return a, b
+
+
+def _pick(folder: Path) -> Path:
+    inis = sorted(p for p in folder.glob("*.ini") if p.is_file())
+    if len(inis) == 1:
+        return inis[0]
+    if len(inis) > 1:
+        names = ", ".join(p.name for p in inis)
+        raise SceneError(f"{folder} holds several INI files ({names}); name the one to render")
+    povs = sorted(p for p in folder.glob("*.pov") if p.is_file())
+    if len(povs) == 1:
+        return povs[0]
+    if not povs:
+        raise SceneError(f"{folder} holds no .ini or .pov file; point distren at a POV-Ray scene")
+    names = ", ".join(p.name for p in povs)
+    raise SceneError(f"{folder} holds several .pov files ({names}) and no INI; name the one to render")
+
+
+def prepare(source: Path, width: int | None = None, height: int | None = None,
+            frames: str | None = None) -> Packed:
+    source = Path(source)
+    if not source.exists():
+        raise SceneError(f"{source}: no such file or folder")
+    if source.is_dir():
+        source = _pick(source)
+    scene_dir = source.parent.resolve()
+    extra: dict[str, bytes] = {}
+    if source.suffix.lower() == ".ini":
+        ini_name = source.name
+        opts = povray.read_ini(scene_dir, ini_name)
+        if not opts.input:
+            raise SceneError(f"{source}: sets no Input_File_Name (or +I); distren cannot tell which scene to render")
+        if not (scene_dir / opts.input).is_file():
+            raise SceneError(f"{source}: Input_File_Name={opts.input} does not exist in {scene_dir}")
+    elif source.suffix.lower() == ".pov":
+        ini_name = GENERATED_INI
+        text = f"; written by distren pack for {source.name}\nInput_File_Name={source.name}\n"
+        if frames:
+            a, b = parse_frames(frames)
+            text += f"Initial_Frame={a}\nFinal_Frame={b}\nInitial_Clock=0\nFinal_Clock=1\n"
+        extra[ini_name] = text.encode()
+        opts = povini.parse(text, ini_name)
+    else:
+        raise SceneError(f"{source}: expected a .ini, a .pov or a folder")
+
+    ids = opts.frame_range() or [povray.STILL_FRAME]
+    if frames and opts.animated:
+        a, b = parse_frames(frames)
+        kept = [i for i in ids if a <= i <= b]
+        if not kept:
+            raise SceneError(f"--frames {frames}: {source.name} animates frames {ids[0]}-{ids[-1]}; pick frames in that range")
+        ids = kept
+    elif frames and not opts.animated:
+        raise SceneError(f"--frames {frames}: {source.name} renders a still image, not an animation")
+    if any(i < 0 for i in ids):
+        raise SceneError(f"{source.name}: distren frame numbers must not be negative (Initial_Frame={ids[0]})")
+
+    w = width if width is not None else (opts.width or DEFAULT_WIDTH)
+    h = height if height is not None else (opts.height or DEFAULT_HEIGHT)
+    for label, v in (("width", w), ("height", h)):
+        if not 1 <= v <= jobfile.MAX_SIDE:
+            raise SceneError(f"--{label} {v}: must be between 1 and {jobfile.MAX_SIDE}")
+    jf = jobfile.JobFile(type=povray.NAME, width=w, height=h,
+                         frames=tuple(jobfile.Frame(i) for i in ids), settings={"ini": ini_name})
+    return Packed(jf, scene_dir, extra)
+
+
+def scene_members(packed: Packed) -> list[tuple[str, Path | bytes]]:
+    """The scene folder's files, minus version-control folders and the animation's own earlier
+    output images (a folder where the scene was rendered before holds them)."""
+    opts = povray.read_ini(packed.scene_dir, packed.jobfile.settings["ini"]) if not packed.extra else None
+    outputs = set()
+    if opts is not None:
+        outputs = {opts.output_name(f.id if opts.animated else None) for f in packed.jobfile.frames}
+        outputs |= {opts.output_name(i) for i in opts.frame_range()}
+    members: list[tuple[str, Path | bytes]] = []
+    total = 0
+    for name, path in bundle.tree_members(packed.scene_dir):
+        if SKIP_DIRS & set(name.split("/")[:-1]) or name in outputs or name in packed.extra:
+            continue
+        total += path.stat().st_size
+        members.append((f"scene/{name}", path))
+        if len(members) > MAX_SCENE_FILES or total > MAX_SCENE_BYTES:
+            raise SceneError(
+                f"{packed.scene_dir} holds more than {MAX_SCENE_FILES} files or {MAX_SCENE_BYTES} bytes; "
+                "put the scene in a folder of its own"
+            )
+    members += [(f"scene/{n}", data) for n, data in packed.extra.items()]
+    return members
+
+
+def pack(source: Path, output: Path, width: int | None = None, height: int | None = None,
+         frames: str | None = None) -> jobfile.JobFile:
+    packed = prepare(source, width, height, frames)
+    members = scene_members(packed)
+    members.append((jobfile.FILENAME, packed.jobfile.to_xml()))
+    bundle.write_tar(Path(output), members)
+    return packed.jobfile

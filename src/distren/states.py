@@ -1,0 +1,64 @@
+"""The frame and job state machine.
+
+Every change of a frame's or a job's state goes through :func:`check_frame` / :func:`check_job`
+and is recorded by the store with a human-readable reason, so "why is my frame queued again?"
+always has an answer in ``distren status`` and the event log.
+
+Frames: queued -> rendering -> done
+                  rendering -> queued  (a retry, a lost lease, a restart, a cancelled render)
+                  rendering -> failed  (out of attempts; the reason is the renderer's message)
+                  failed    -> queued  (retried by a user)
+Jobs follow their frames (:func:`job_state_for`), except that cancelling is the user's call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .errors import Conflict
+
+QUEUED, RENDERING, DONE, FAILED, CANCELLED = "queued", "rendering", "done", "failed", "cancelled"
+
+FRAME_STATES = (QUEUED, RENDERING, DONE, FAILED)
+JOB_STATES = (QUEUED, RENDERING, DONE, FAILED, CANCELLED)
+FINAL_JOB_STATES = (DONE, FAILED, CANCELLED)
+
+FRAME_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    QUEUED: frozenset({RENDERING}),
+    RENDERING: frozenset({DONE, QUEUED, FAILED}),
+    FAILED: frozenset({QUEUED}),
+    DONE: frozenset(),
+}
+
+JOB_TRANSITIONS: Mapping[str, frozenset[str]] = {
+    QUEUED: frozenset({RENDERING, DONE, FAILED, CANCELLED}),
+    RENDERING: frozenset({QUEUED, DONE, FAILED, CANCELLED}),
+    FAILED: frozenset({QUEUED, RENDERING, CANCELLED}),
+    DONE: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+
+def check_frame(old: str, new: str, what: str = "frame") -> None:
+    if new not in FRAME_TRANSITIONS.get(old, ()):
+        raise Conflict(f"{what} is {old}; it cannot become {new}")
+
+
+def check_job(old: str, new: str, what: str = "job") -> None:
+    if new not in JOB_TRANSITIONS.get(old, ()):
+        raise Conflict(f"{what} is {old}; it cannot become {new}")
+
+
+def job_state_for(counts: Mapping[str, int]) -> str:
+    """A (not cancelled) job's state from how many of its frames are in each state."""
+    total = sum(counts.values())
+    done = counts.get(DONE, 0)
+    if total and done == total:
+        return DONE
+    if counts.get(RENDERING, 0) or (done and counts.get(QUEUED, 0)):
+        return RENDERING
+    if counts.get(FAILED, 0) and not counts.get(QUEUED, 0):
+        return FAILED
+    if counts.get(FAILED, 0):
+        return RENDERING
+    return QUEUED

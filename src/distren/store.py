@@ -1,0 +1,452 @@
+"""Persistence: one SQLite database (WAL) plus files under the server's data folder.
+
+All SQL lives here. Schema changes are numbered migrations, applied in order at start and
+recorded in ``PRAGMA user_version``. State changes go through the state machine in
+:mod:`distren.states` and each one is written, with its reason, to the ``events`` table in the
+same transaction, so the record and the state can never disagree - not even after SIGKILL.
+
+Layout of the data folder::
+
+    state.sqlite            jobs, frames, users, events
+    admin.token             the first admin's token (mode 0600)
+    jobs/ID/seed.tar        the job's bundle as submitted (distrenjob.xml + scene/)
+    jobs/ID/scene/          the scene, unpacked once
+    jobs/ID/frames/FID.tar  each finished frame's files (the seed's frame packaging)
+    jobs/ID/logs/FID.log    each frame's renderer log, all attempts
+    jobs/ID/result.tar      the rebundled finished frames
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import states
+from .errors import Conflict, NotFound
+
+MIGRATIONS: list[str] = [
+    # 1: the single-server schema.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    -- AUTOINCREMENT: SQLite then never hands out an id twice, even after deletes.
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        submitter TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        jobfile BLOB NOT NULL,
+        upload_key TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        UNIQUE (submitter, upload_key)
+    );
+    CREATE TABLE frames (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        frame_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        server TEXT,
+        files TEXT NOT NULL DEFAULT '[]',
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (job_id, frame_id)
+    );
+    CREATE INDEX frames_by_state ON frames(state, job_id, frame_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        job_id INTEGER NOT NULL,
+        frame_id INTEGER,
+        old TEXT NOT NULL,
+        new TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX events_by_job ON events(job_id, id);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    submitter: str
+    type: str
+    state: str
+    reason: str
+    jobfile: bytes
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    job_id: int
+    frame_id: int
+    state: str
+    reason: str
+    attempts: int
+    server: str | None
+    files: list[dict]
+    started: float | None
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: float
+    job_id: int
+    frame_id: int | None
+    old: str
+    new: str
+    reason: str
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "jobs").mkdir(exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / "state.sqlite", check_same_thread=False,
+                                   isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        #: bumped on every state change; waiters (long polls, the dashboard) watch it.
+        self.changed = threading.Condition()
+        self.version = 0
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            have = db.execute("PRAGMA user_version").fetchone()[0]
+            for n, sql in enumerate(MIGRATIONS[have:], have + 1):
+                for stmt in sql.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(f"PRAGMA user_version = {n}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _notify(self) -> None:
+        with self.changed:
+            self.version += 1
+            self.changed.notify_all()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.root / "jobs" / str(job_id)
+
+    def seed_path(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "seed.tar"
+
+    def scene_dir(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "scene"
+
+    def frame_tar(self, job_id: int, frame_id: int) -> Path:
+        return self.job_dir(job_id) / "frames" / f"{frame_id}.tar"
+
+    def frame_log(self, job_id: int, frame_id: int) -> Path:
+        return self.job_dir(job_id) / "logs" / f"{frame_id}.log"
+
+    def result_path(self, job_id: int) -> Path:
+        return self.job_dir(job_id) / "result.tar"
+
+    def staging_dir(self) -> Path:
+        d = self.root / "incoming"
+        d.mkdir(exist_ok=True)
+        return d
+
+    # --- meta and users ------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                       (key, value))
+
+    def add_user(self, name: str, admin: bool = False, token: str | None = None) -> str:
+        """Create a user and return its token (only its hash is stored)."""
+        token = token or secrets.token_urlsafe(32)
+        try:
+            with self._tx() as db:
+                db.execute("INSERT INTO users(name, token_sha256, admin, created) VALUES(?,?,?,?)",
+                           (name, _hash_token(token), int(admin), time.time()))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"user {name!r} already exists; choose another name") from None
+        return token
+
+    def user_for_token(self, token: str) -> tuple[str, bool] | None:
+        with self._lock:
+            row = self._db.execute("SELECT name, admin FROM users WHERE token_sha256=?",
+                                   (_hash_token(token),)).fetchone()
+        return (row["name"], bool(row["admin"])) if row else None
+
+    def has_users(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def create_job(self, submitter: str, jtype: str, frame_ids: list[int],
+                   make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None) -> int:
+        """Insert a job and move its staged folder to ``jobs/ID`` in one transaction.
+
+        If the process dies before COMMIT the id was never handed out (and is reused for the
+        next job, so a leftover folder of that id is stale and replaced)."""
+        with self._tx() as db:
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
+                " VALUES(?,?,?,?,?,?,?,?)",
+                (submitter, jtype, states.QUEUED, "submitted", b"", upload_key, now, now))
+            job_id = cur.lastrowid
+            db.execute("UPDATE jobs SET jobfile=? WHERE id=?", (make_jobfile(job_id), job_id))
+            db.executemany("INSERT INTO frames(job_id, frame_id, state, reason) VALUES(?,?,?,?)",
+                           [(job_id, f, states.QUEUED, "submitted") for f in frame_ids])
+            db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
+                       (now, job_id, None, "", states.QUEUED, f"submitted by {submitter}"))
+            dest = self.job_dir(job_id)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(staged, dest)
+        self._notify()
+        return job_id
+
+    def job_for_upload_key(self, submitter: str, key: str) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?",
+                                   (submitter, key)).fetchone()
+        return row[0] if row else None
+
+    def get_job(self, job_id: int) -> JobRow:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id} on this server; `distren jobs` lists the jobs it has")
+        return _job(row)
+
+    def list_jobs(self) -> list[JobRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        return [_job(r) for r in rows]
+
+    def frames(self, job_id: int) -> list[FrameRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM frames WHERE job_id=? ORDER BY frame_id", (job_id,)).fetchall()
+        return [_frame(r) for r in rows]
+
+    def frame(self, job_id: int, frame_id: int) -> FrameRow:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM frames WHERE job_id=? AND frame_id=?",
+                                   (job_id, frame_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no frame {frame_id}")
+        return _frame(row)
+
+    def frame_counts(self, job_id: int) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state",
+                                    (job_id,)).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def events(self, job_id: int, after: int = 0) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM events WHERE job_id=? AND id>? ORDER BY id",
+                                    (job_id, after)).fetchall()
+        return [Event(**dict(r)) for r in rows]
+
+    # --- the state machine ---------------------------------------------------------------
+
+    def _frame_to(self, db, job_id: int, frame_id: int, new: str, reason: str, **cols) -> None:
+        row = db.execute("SELECT state FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no frame {frame_id}")
+        states.check_frame(row[0], new, f"frame {frame_id} of job {job_id}")
+        sets = ", ".join(f"{k}=?" for k in cols)
+        db.execute(f"UPDATE frames SET state=?, reason=?{', ' + sets if sets else ''} WHERE job_id=? AND frame_id=?",
+                   (new, reason, *cols.values(), job_id, frame_id))
+        db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
+                   (time.time(), job_id, frame_id, row[0], new, reason))
+
+    def _job_to(self, db, job_id: int, new: str, reason: str) -> None:
+        old = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        if old == new:
+            return
+        states.check_job(old, new, f"job {job_id}")
+        db.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE id=?", (new, reason, time.time(), job_id))
+        db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
+                   (time.time(), job_id, None, old, new, reason))
+
+    def _follow_frames(self, db, job_id: int, reason: str) -> str:
+        """Move a job to the state its frames imply (never out of cancelled; never to done:
+        done waits for the rebundled result, see :meth:`mark_job_done`)."""
+        state = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        if state in (states.CANCELLED, states.DONE):
+            return state
+        counts = {r[0]: r[1] for r in db.execute(
+            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job_id,))}
+        new = states.job_state_for(counts)
+        if new == states.DONE:
+            new = states.RENDERING
+        if new != state:
+            self._job_to(db, job_id, new, reason)
+        return new
+
+    def claim_frame(self, server: str, job_ids: list[int] | None = None) -> tuple[int, int] | None:
+        """Take the oldest queued frame of a live job (jobs first in, first served)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT f.job_id, f.frame_id FROM frames f JOIN jobs j ON j.id=f.job_id"
+                " WHERE f.state=? AND j.state IN (?,?) ORDER BY f.job_id, f.frame_id LIMIT 1",
+                (states.QUEUED, states.QUEUED, states.RENDERING)).fetchone()
+            if row is None:
+                return None
+            job_id, frame_id = row
+            self._frame_to(db, job_id, frame_id, states.RENDERING, f"rendering on {server}",
+                           server=server, started=time.time(), attempts=_attempts(db, job_id, frame_id) + 1)
+            self._follow_frames(db, job_id, f"frame {frame_id} started rendering on {server}")
+        self._notify()
+        return job_id, frame_id
+
+    def finish_frame(self, job_id: int, frame_id: int, server: str, files: list[dict]) -> bool:
+        """Record a rendered frame. Returns True when it was the job's last frame."""
+        with self._tx() as db:
+            self._frame_to(db, job_id, frame_id, states.DONE, f"rendered by {server}",
+                           server=server, files=json.dumps(files, sort_keys=True), finished=time.time())
+            self._follow_frames(db, job_id, f"frame {frame_id} done")
+            left = db.execute("SELECT COUNT(*) FROM frames WHERE job_id=? AND state!=?",
+                              (job_id, states.DONE)).fetchone()[0]
+        self._notify()
+        return left == 0
+
+    def requeue_frame(self, job_id: int, frame_id: int, reason: str) -> None:
+        with self._tx() as db:
+            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, server=None)
+            self._follow_frames(db, job_id, f"frame {frame_id}: {reason}")
+        self._notify()
+
+    def fail_frame(self, job_id: int, frame_id: int, reason: str) -> None:
+        with self._tx() as db:
+            self._frame_to(db, job_id, frame_id, states.FAILED, reason, finished=time.time())
+            self._follow_frames(db, job_id, f"frame {frame_id} failed: {reason}")
+        self._notify()
+
+    def retry_frame(self, job_id: int, frame_id: int, by: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0] == states.CANCELLED:
+                raise Conflict(f"job {job_id} is cancelled; submit it again instead")
+            self._frame_to(db, job_id, frame_id, states.QUEUED, f"retried by {by}", attempts=0, server=None)
+            self._follow_frames(db, job_id, f"frame {frame_id} retried by {by}")
+        self._notify()
+
+    def mark_job_done(self, job_id: int) -> None:
+        with self._tx() as db:
+            self._job_to(db, job_id, states.DONE, "all frames rendered and rebundled")
+        self._notify()
+
+    def cancel_job(self, job_id: int, by: str) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id} on this server")
+            if row[0] in (states.DONE, states.CANCELLED):
+                raise Conflict(f"job {job_id} is already {row[0]}; nothing to cancel")
+            self._job_to(db, job_id, states.CANCELLED, f"cancelled by {by}")
+        self._notify()
+
+    def delete_job(self, job_id: int) -> None:
+        """Forget a finished job. Its id stays used: AUTOINCREMENT never hands it out again."""
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job {job_id} on this server")
+            if row[0] not in states.FINAL_JOB_STATES:
+                raise Conflict(f"job {job_id} is {row[0]}; cancel it before deleting it")
+            for table, col in (("events", "job_id"), ("frames", "job_id"), ("jobs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
+        self._notify()
+
+    def recover(self, server: str) -> list[tuple[int, int]]:
+        """At start: frames this server was rendering when it died go back to the queue."""
+        with self._tx() as db:
+            rows = db.execute("SELECT job_id, frame_id FROM frames WHERE state=? AND server=?",
+                              (states.RENDERING, server)).fetchall()
+            for job_id, frame_id in rows:
+                self._frame_to(db, job_id, frame_id, states.QUEUED,
+                               f"{server} restarted while rendering this frame", server=None)
+                self._follow_frames(db, job_id, f"frame {frame_id} requeued after restart")
+        self._notify()
+        return [tuple(r) for r in rows]
+
+    def jobs_awaiting_rebundle(self) -> list[int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.id FROM jobs j WHERE j.state IN (?,?) AND NOT EXISTS"
+                " (SELECT 1 FROM frames f WHERE f.job_id=j.id AND f.state!=?)",
+                (states.QUEUED, states.RENDERING, states.DONE)).fetchall()
+        return [r[0] for r in rows]
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        with self.changed:
+            self.changed.wait_for(lambda: self.version != version, timeout=timeout)
+            return self.version
+
+
+def _attempts(db, job_id: int, frame_id: int) -> int:
+    return db.execute("SELECT attempts FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()[0]
+
+
+def _job(row: sqlite3.Row) -> JobRow:
+    return JobRow(row["id"], row["submitter"], row["type"], row["state"], row["reason"],
+                  bytes(row["jobfile"]), row["created"], row["updated"])
+
+
+def _frame(row: sqlite3.Row) -> FrameRow:
+    return FrameRow(row["job_id"], row["frame_id"], row["state"], row["reason"], row["attempts"],
+                    row["server"], json.loads(row["files"]), row["started"], row["finished"])

@@ -1,0 +1,9 @@
+// Broken on purpose: line 5 includes a file that does not exist.
+#version 3.7;
+global_settings { assumed_gamma 1.0 }
+
+#include "does_not_exist.inc"
+
+camera { location <0, 1, -4> look_at <0, 0.5, 0> }
+light_source { <2, 4, -3> color rgb 1 }
+sphere { <0, 0.5, 0>, 0.5 pigment { color rgb <1, 0, 0> } }
