@@ -111,7 +111,18 @@ def check_members(tar: tarfile.TarFile, where: str, limits: Limits) -> list[tarf
         if total > limits.total_bytes:
             raise BundleError(f"{where}: unpacks to more than {limits.total_bytes} bytes; refused")
         members.append(m)
+    _check_end(tar, where)
     return members
+
+
+def _check_end(tar: tarfile.TarFile, where: str) -> None:
+    """tarfile takes a damaged header for the end of the archive, and stops reading a compressed
+    stream before its checksum: either way a damaged bundle would unpack short or corrupt without
+    a word. So read on to the end: only zero padding may follow the last member, and reaching the
+    end makes gzip/bz2/xz verify their checksums."""
+    while chunk := tar.fileobj.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            raise BundleError(f"{where}: data after the end of the archive (a damaged header?); refused")
 
 
 def _open(path: Path, where: str) -> tarfile.TarFile:

@@ -11,7 +11,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .client import DEFAULT_SERVER, Client
@@ -109,30 +108,16 @@ def submit(
 
 
 def _wait(url: str, timeout: float | None, server: str | None, token: str | None) -> None:
+    from .progress import follow, report
+
     with _client(server, token) as c:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[state]}"), TimeElapsedColumn(), console=err,
-                      transient=False) as bar:
-            task = bar.add_task(url, total=None, state="")
-
-            def update(st: dict) -> None:
-                c_ = st["counts"]
-                state = st["state"] + (f", {c_['rendering']} rendering" if c_.get("rendering") else "") \
-                    + (f", {c_['failed']} failed" if c_.get("failed") else "")
-                bar.update(task, total=len(st["frames"]), completed=c_.get("done", 0), state=state)
-
-            try:
-                st = c.wait(url, timeout=timeout, on_update=update)
-            except TimeoutError as e:
-                err.print(f"[yellow]timeout:[/] {e}")
-                raise typer.Exit(EXIT_TIMEOUT) from None
-    if st["state"] != "done":
-        err.print(f"[red]{st['url']} {st['state']}[/]: {st['reason']}")
-        for f in st["frames"]:
-            if f["state"] == "failed":
-                err.print(f"  {f['url']}: {f['reason']}")
+        try:
+            st = follow(c, url, timeout)
+        except TimeoutError as e:
+            err.print(f"[yellow]timeout:[/] {e}")
+            raise typer.Exit(EXIT_TIMEOUT) from None
+    if not report(st):
         raise typer.Exit(EXIT_FAILED)
-    err.print(f"[green]{st['url']} done[/]: {len(st['frames'])} frame(s)")
 
 
 @app.command()
@@ -246,7 +231,9 @@ def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output")):
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting with it.
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except DistrenError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(1)

@@ -201,6 +201,10 @@ def loads(data: bytes | str) -> JobFile:
         raise JobFileError(f"{FILENAME}: not well-formed XML at line {line}, column {col + 1}: {reason}") from None
     except DefusedXmlException as e:
         raise JobFileError(f"{FILENAME}: refused unsafe XML ({type(e).__name__}); remove DTDs and entities") from None
+    except (LookupError, ValueError) as e:
+        # <?xml encoding="..."?> naming an encoding that is unknown, not a text encoding, or one
+        # expat cannot use (utf-32, idna, ...) makes the parser raise these instead of ParseError.
+        raise JobFileError(f"{FILENAME}: cannot decode it ({e}); write it as UTF-8") from None
 
     if root.tag == "job":
         job = root

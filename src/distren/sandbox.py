@@ -49,13 +49,15 @@ def command(argv: list[str], workdir: Path) -> list[str]:
         "--proc", "/proc",
         "--dev", "/dev",
         "--tmpfs", "/tmp",
+        # POV-Ray complains on every start when $HOME has no povray.conf; give it the system's.
+        "--ro-bind-try", "/etc/povray/3.7/povray.conf", "/tmp/home/.povray/3.7/povray.conf",
         "--bind", str(Path(workdir).resolve()), WORKDIR,
         "--chdir", WORKDIR,
         "--unshare-all",
         "--die-with-parent",
         "--new-session",
         "--clearenv",
-        "--setenv", "HOME", WORKDIR,
+        "--setenv", "HOME", "/tmp/home",
         "--setenv", "PATH", "/usr/bin:/bin",
         "--setenv", "LANG", "C.UTF-8",
     ]

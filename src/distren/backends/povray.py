@@ -51,11 +51,14 @@ def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
 def error_summary(log_text: str) -> str:
     """POV-Ray's own error message out of its log: the 'File ... line N: ... Error' lines."""
     lines: list[str] = []
+    wrapped = False
     for raw in log_text.splitlines():
-        if raw.startswith(" ") and lines and not lines[-1].startswith("  "):
-            lines[-1] += " " + raw.strip()  # POV-Ray wraps long messages at 80 columns
+        # POV-Ray hard-wraps messages at 80 columns, mid-word or before a space.
+        if lines and (wrapped or (raw.startswith(" ") and not raw.startswith("  "))):
+            lines[-1] += raw if wrapped else " " + raw.strip()
         else:
             lines.append(raw.rstrip())
+        wrapped = len(raw) >= 79
     picked = [ln for ln in lines if re.search(r"error|cannot|fatal|not found", ln, re.I)
               and not ln.lstrip().startswith(("Fatal Stream", "Debug Stream", "Warning Stream"))
               and "Stream to console" not in ln]
