@@ -12,3 +12,4 @@ test: setup
 
 bench: setup
 	.venv/bin/python bench/fractalzoom.py
+	.venv/bin/python bench/slots.py
