@@ -128,7 +128,7 @@ def _check_end(tar: tarfile.TarFile, where: str) -> None:
 def _open(path: Path, where: str) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode="r:*")
-    except (tarfile.TarError, OSError) as e:
+    except (*_CORRUPT, OSError) as e:  # a damaged gzip header raises EOFError here
         raise BundleError(f"{where}: not a readable tarball ({e})") from None
 
 
