@@ -8,13 +8,17 @@ answered with 500, and the server keeps serving.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from . import __version__, bundle
+import hashlib
+import json
+
+from . import __version__, bundle, identity
 from .errors import BundleError, DistrenError
 from .service import Server
 
@@ -105,6 +109,124 @@ def create_app(server: Server) -> FastAPI:
     def result(job_id: int, u=Depends(user)):
         return FileResponse(server.result(job_id), media_type="application/x-tar",
                             filename=f"{server.url.name}-job-{job_id}.tar")
+
+    @app.get("/api/servers")
+    def servers(u=Depends(user)):
+        return server.servers()
+
+    @app.post("/api/peers", status_code=201)
+    async def add_peer(body: dict, u=Depends(admin)):
+        address = body.get("address") if isinstance(body, dict) else None
+        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+            raise DistrenError('send {"address": "http://HOST:PORT"}: the peer\'s HTTP address')
+        name = await run_in_threadpool(server.add_peer, address)
+        return {"peer": f"distren://{name}/", "address": address}
+
+    # --- federation: signed server-to-server calls (docs/protocol.md) ----------------------
+
+    fed = server.federation
+
+    def path_of(request: Request) -> str:
+        q = request.url.query
+        return request.url.path + (f"?{q}" if q else "")
+
+    async def signed(request: Request) -> tuple[str, bytes]:
+        """The verified sender's name, and the (small) body it signed."""
+        body = await request.body()
+        if len(body) > 1 << 20:
+            raise DistrenError("request body too large")
+        digest = hashlib.sha256(body).hexdigest()
+        sender = identity.verify_request(request.headers, request.method, path_of(request), digest,
+                                         server.store.peer_key, server.store.seen_nonce)
+        return sender, body
+
+    def json_body(body: bytes) -> dict:
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise DistrenError("the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise DistrenError("the request body must be a JSON object")
+        return data
+
+    @app.post("/fed/hello")
+    async def hello(body: dict):
+        return await run_in_threadpool(fed.accept_hello, body)
+
+    @app.post("/fed/announce")
+    async def announce(request: Request):
+        sender, body = await signed(request)
+        news = await run_in_threadpool(fed.receive, sender, json_body(body))
+        return {"news": news}
+
+    @app.get("/fed/state")
+    async def fed_state(request: Request):
+        sender, _ = await signed(request)
+        server.store.peer_heard(sender)
+        return fed.state()
+
+    @app.post("/fed/jobs/{job_id}/lease")
+    async def lease(job_id: int, request: Request):
+        sender, _ = await signed(request)
+        granted = fed.grant_lease(sender, job_id)
+        if granted is None:
+            return Response(status_code=204)
+        xml, sha, expires = granted
+        return Response(xml, media_type="application/xml",
+                        headers={"X-Distren-Bundle-SHA256": sha, "X-Distren-Lease-Expires": f"{expires:.3f}"})
+
+    @app.get("/fed/jobs/{job_id}/bundle")
+    async def job_bundle(job_id: int, request: Request):
+        await signed(request)
+        fed._own_job(job_id)
+        return FileResponse(server.store.seed_path(job_id), media_type="application/x-tar",
+                            headers={"X-Content-SHA256": server.bundle_sha256(job_id)})
+
+    @app.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
+    async def renew(job_id: int, frame_id: int, request: Request):
+        sender, _ = await signed(request)
+        return {"expires": fed.renew(sender, job_id, frame_id)}
+
+    @app.post("/fed/jobs/{job_id}/frames/{frame_id}/log")
+    async def remote_log(job_id: int, frame_id: int, request: Request):
+        sender, body = await signed(request)
+        fed.accept_log(sender, job_id, frame_id, str(json_body(body).get("log", "")))
+        return {"ok": True}
+
+    @app.post("/fed/jobs/{job_id}/frames/{frame_id}/failed")
+    async def remote_failed(job_id: int, frame_id: int, request: Request):
+        sender, body = await signed(request)
+        data = json_body(body)
+        await run_in_threadpool(fed.accept_failure, sender, job_id, frame_id, str(data.get("reason", "")),
+                                str(data.get("log", "")))
+        return {"ok": True}
+
+    @app.put("/fed/jobs/{job_id}/frames/{frame_id}/result")
+    async def remote_result(job_id: int, frame_id: int, request: Request):
+        # Streamed to disk while hashing; the signature covers the digest, checked at the end.
+        path = server.store.staging_dir() / f"result-{secrets.token_hex(8)}.tar"
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > 2 * 1024**3:
+                        raise BundleError("frame tarball larger than 2 GiB; refused")
+                    h.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = h.hexdigest()
+            sender = identity.verify_request(request.headers, "PUT", path_of(request), digest,
+                                             server.store.peer_key, server.store.seen_nonce)
+            claimed = request.headers.get("X-Content-SHA256")
+            if claimed and claimed != digest:
+                raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
+            outcome = await run_in_threadpool(fed.accept_result, sender, job_id, frame_id, path)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"result": outcome}
 
     @app.post("/api/users", status_code=201)
     def add_user(body: dict, u=Depends(admin)):

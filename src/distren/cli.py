@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="distren: a federated distributed renderer (POV-Ray first).")
 user_app = typer.Typer(no_args_is_help=True, help="Manage users on a server.")
 app.add_typer(user_app, name="user")
+peers_app = typer.Typer(no_args_is_help=True, help="Manage this server's peers.")
+app.add_typer(peers_app, name="peers")
 err = Console(stderr=True)
 out = Console()
 
@@ -42,6 +44,11 @@ def serve(
     data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
     slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing)."),
     frame_timeout: float = typer.Option(3600.0, "--frame-timeout", help="Seconds before a frame's render is stopped."),
+    peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
+    advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
+                                            "(default: http://LISTEN)."),
+    lease_timeout: float = typer.Option(180.0, "--lease-timeout", help="Seconds a frame stays leased to another "
+                                        "server without a renewal."),
 ):
     """Run a distren server."""
     import uvicorn
@@ -53,9 +60,14 @@ def serve(
     if not sep or not port.isdigit():
         raise DistrenError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:8311")
     host = host.strip("[]")
+    if advertise is None:
+        if host in ("0.0.0.0", "::"):
+            raise DistrenError(f"--listen {listen} listens on every address; say which one peers use with --advertise")
+        advertise = f"http://{listen}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
-                             frame_timeout=frame_timeout))
+                             frame_timeout=frame_timeout, advertise=advertise, peers=peer,
+                             lease_timeout=lease_timeout))
     server.start()
     err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "
               f"admin token in {data / 'admin.token'}")
@@ -210,6 +222,34 @@ def log(frame: str = typer.Argument(..., help="distren://NAME/job/ID/frame/FID")
     """Print a frame's renderer log (every attempt)."""
     with _client(server, token) as c:
         sys.stdout.write(c.log(frame))
+
+
+@app.command()
+def servers(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
+            as_json: bool = typer.Option(False, "--json")):
+    """List this server and its peers: slots, what they render now, when last heard from."""
+    import time
+
+    with _client(server, token) as c:
+        rows = c.servers()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("server", "address", "slots", "rendering now", "last heard")
+    for r in rows:
+        ago = "this server" if r["self"] else (f"{time.time() - r['last_heard']:.0f} s ago" if r["last_heard"] else "never")
+        table.add_row(r["url"], r["address"], "" if r["slots"] is None else str(r["slots"]),
+                      "\n".join(r["rendering"]) or "-", ago)
+    out.print(table)
+
+
+@peers_app.command("add")
+def peers_add(address: str = typer.Argument(..., help="The other server's HTTP address."),
+              server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Peer with another server now (admin only): both learn and pin each other's key."""
+    with _client(server, token) as c:
+        res = c.add_peer(address)
+    err.print(f"peered with {res['peer']} at {res['address']}")
 
 
 @user_app.command("add")

@@ -121,6 +121,12 @@ class Client:
         f = urls.parse_frame(frame)
         return self._request("GET", f"/api/jobs/{self.job_id(str(f.job))}/frames/{f.frame_id}/log").text
 
+    def servers(self) -> list[dict]:
+        return self._request("GET", "/api/servers").json()
+
+    def add_peer(self, address: str) -> dict:
+        return self._request("POST", "/api/peers", json={"address": address}).json()
+
     def add_user(self, name: str) -> dict:
         return self._request("POST", "/api/users", json={"name": name}).json()
 

@@ -13,10 +13,12 @@ import signal
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backends, bundle, jobfile, sandbox, states, urls
+from .federation import Federation, RemoteWork
+from .identity import Identity
 from .errors import BundleError, Conflict, DistrenError, JobFileError, NotFound, RenderError
 from .fsutil import atomic_open, atomic_write, sha256_file
 from .store import Store
@@ -31,6 +33,9 @@ SCENE_DIR = "scene"
 DEFAULT_SLOTS = 2 * (os.cpu_count() or 1)
 
 
+DEFAULT_LEASE_TIMEOUT = 180.0
+
+
 @dataclass
 class Settings:
     name: str
@@ -38,6 +43,9 @@ class Settings:
     slots: int = DEFAULT_SLOTS
     frame_timeout: float = 3600.0
     max_attempts: int = MAX_ATTEMPTS
+    advertise: str = "http://127.0.0.1:8311"  # the address peers reach this server at
+    peers: list[str] = field(default_factory=list)
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
 
 
 class Server:
@@ -48,9 +56,15 @@ class Server:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._procs: dict[tuple[int, int], object] = {}
+        self._procs: dict[tuple[str, int, int], object] = {}  # (origin, job, frame) -> process
         self._procs_lock = threading.Lock()
         self._rebundle_lock = threading.Lock()
+        self._rotation = 0
+        self._rotation_lock = threading.Lock()
+        self._bundle_sha: dict[int, str] = {}
+        self.identity = Identity.load_or_create(self.url.name, settings.data / "server.key")
+        self.federation = Federation(self, self.identity, settings.advertise, settings.lease_timeout,
+                                     settings.peers)
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -70,8 +84,13 @@ class Server:
             log.info("requeued frame %s of job %s after restart", frame_id, job_id)
         shutil.rmtree(self.settings.data / "work", ignore_errors=True)
         shutil.rmtree(self.settings.data / "incoming", ignore_errors=True)
+        shutil.rmtree(self.settings.data / "outgoing", ignore_errors=True)
         for job_id in self.store.jobs_awaiting_rebundle():
-            self._rebundle(job_id)
+            self.rebundle(job_id)
+        self.federation.start()
+        for job in self.store.list_jobs():  # peers may have missed these while we were down
+            if job.state not in states.FINAL_JOB_STATES:
+                self.federation.announce(job.id)
         for n in range(self.settings.slots):
             t = threading.Thread(target=self._slot, name=f"slot-{n}", daemon=True)
             t.start()
@@ -80,6 +99,7 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self.federation.stop()
         with self._procs_lock:
             for proc in self._procs.values():
                 _kill(proc)
@@ -162,8 +182,40 @@ class Server:
             upload.unlink(missing_ok=True)
             shutil.rmtree(staged, ignore_errors=True)
         log.info("job %s submitted by %s (%d frames)", self.job_url(job_id), user, len(jf.frames))
+        self.federation.announce(job_id)
         self._wake.set()
         return job_id
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def bundle_sha256(self, job_id: int) -> str:
+        if job_id not in self._bundle_sha:
+            self._bundle_sha[job_id] = sha256_file(self.store.seed_path(job_id))
+        return self._bundle_sha[job_id]
+
+    def rendering_now(self) -> list[str]:
+        with self._procs_lock:
+            return sorted(str(urls.FrameURL(o, j, f)) for o, j, f in self._procs)
+
+    def append_log(self, job_id: int, frame_id: int, text: str) -> None:
+        path = self.store.frame_log(job_id, frame_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", errors="replace") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+    def servers(self) -> list[dict]:
+        me = {"name": self.url.name, "url": str(self.url), "address": self.settings.advertise,
+              "slots": self.settings.slots, "rendering": self.rendering_now(), "last_heard": time.time(),
+              "self": True}
+        return [me] + [{"name": p["name"], "url": str(urls.ServerURL(p["name"])), "address": p["address"],
+                        "slots": p["slots"], "rendering": p["rendering"], "last_heard": p["last_heard"],
+                        "self": False} for p in self.store.peers()]
+
+    def add_peer(self, address: str) -> str:
+        name = self.federation.introduce(address)
+        self.federation.sync_once()
+        return name
 
     def status(self, job_id: int) -> dict:
         job = self.store.get_job(job_id)
@@ -210,9 +262,10 @@ class Server:
 
     def cancel(self, job_id: int, by: str) -> None:
         self.store.cancel_job(job_id, by)
+        self.federation.announce(job_id, active=False)
         with self._procs_lock:
-            for (jid, _), proc in self._procs.items():
-                if jid == job_id:
+            for (origin, jid, _), proc in self._procs.items():
+                if origin == self.url.name and jid == job_id:
                     _kill(proc)
 
     def retry(self, job_id: int, frame_id: int, by: str) -> None:
@@ -221,6 +274,7 @@ class Server:
 
     def delete(self, job_id: int, by: str) -> None:
         self.store.delete_job(job_id)
+        self._bundle_sha.pop(job_id, None)
         shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
         log.info("job %s deleted by %s", self.job_url(job_id), by)
 
@@ -240,45 +294,108 @@ class Server:
     def _slot(self) -> None:
         while not self._stop.is_set():
             try:
-                claim = self.store.claim_frame(str(self.url))
+                work = self._next_work()
             except Exception:
-                log.exception("could not claim a frame")
-                claim = None
-            if claim is None:
+                log.exception("could not find work")
+                work = None
+            if work is None:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
             self._wake.set()  # there may be more work: let an idle sibling look too
-            self._render(*claim)
+            if isinstance(work, RemoteWork):
+                self._render_remote(work)
+            else:
+                self._render(*work)
 
-    def _render(self, job_id: int, frame_id: int) -> None:
-        workdir = self.settings.data / "work" / f"{job_id}-{frame_id}-{secrets.token_hex(4)}"
+    def _next_work(self) -> tuple[int, int] | RemoteWork | None:
+        """Round-robin over origins: this server's own queue, then each origin that announced
+        work, one frame each in turn. Every origin gets a fair share of our slots, and our
+        own jobs always keep theirs."""
+        origins = [self.url.name] + self.federation.origins_with_work()
+        with self._rotation_lock:
+            start = self._rotation % len(origins)
+        for k in range(len(origins)):
+            origin = origins[(start + k) % len(origins)]
+            if origin == self.url.name:
+                work = self.store.claim_frame(str(self.url))
+            else:
+                work = self.federation.lease_from(origin)
+            if work is not None:
+                with self._rotation_lock:
+                    self._rotation = start + k + 1
+                return work
+        return None
+
+    def _render_in(self, key: tuple[str, int, int], jf: jobfile.JobFile, scene_dir: Path,
+                   logpath: Path, frame_tar: Path) -> list[dict]:
+        """Render one frame in a private copy of the scene; pack its files into ``frame_tar``."""
+        workdir = self.settings.data / "work" / f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
         try:
-            job = self.store.get_job(job_id)
-            jf = jobfile.loads(job.jobfile)
-            frame = jf.frame(frame_id)
-            backend = backends.get(jf.type)
-            shutil.copytree(self.store.scene_dir(job_id), workdir)
-            logpath = self.store.frame_log(job_id, frame_id)
+            shutil.copytree(scene_dir, workdir)
             logpath.parent.mkdir(parents=True, exist_ok=True)
 
             def track(proc):
                 with self._procs_lock:
-                    self._procs[(job_id, frame_id)] = proc
+                    self._procs[key] = proc
 
-            produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
-            files = self._pack_frame(job_id, frame_id, workdir, produced)
+            frame = jf.frame(key[2])
+            produced = backends.get(jf.type).render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
+            files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
+                     for n in produced]
+            bundle.write_tar(frame_tar, [(n, workdir / n) for n in produced])
+            return files
+        finally:
+            with self._procs_lock:
+                self._procs.pop(key, None)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _render(self, job_id: int, frame_id: int) -> None:
+        try:
+            jf = jobfile.loads(self.store.get_job(job_id).jobfile)
+            files = self._render_in((self.url.name, job_id, frame_id), jf, self.store.scene_dir(job_id),
+                                    self.store.frame_log(job_id, frame_id), self.store.frame_tar(job_id, frame_id))
             if self.store.get_job(job_id).state == states.CANCELLED:
                 self.store.requeue_frame(job_id, frame_id, "job cancelled; the render was discarded")
                 return
             if self.store.finish_frame(job_id, frame_id, str(self.url), files):
-                self._rebundle(job_id)
+                self.rebundle(job_id)
         except Exception as e:  # a frame never takes its slot down with it
             self._frame_failed(job_id, frame_id, e)
-        finally:
+
+    def _render_remote(self, work: RemoteWork) -> None:
+        key = (work.job.server, work.job.job_id, work.frame.id)
+        out = self.settings.data / "outgoing"
+        out.mkdir(exist_ok=True)
+        stem = f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
+        logpath, frame_tar = out / f"{stem}.log", out / f"{stem}.tar"
+        done = threading.Event()
+
+        def lost():
             with self._procs_lock:
-                self._procs.pop((job_id, frame_id), None)
-            shutil.rmtree(workdir, ignore_errors=True)
+                proc = self._procs.get(key)
+            if proc is not None:
+                _kill(proc)
+
+        renewer = threading.Thread(target=self.federation.keep_lease, args=(work, done, lost), daemon=True)
+        renewer.start()
+        try:
+            scene = self.federation.scene_for(work)
+            self._render_in(key, work.jf, scene, logpath, frame_tar)
+            if not work.lost.is_set():
+                self.federation.deliver(work, frame_tar, _read(logpath))
+        except Exception as e:
+            if not isinstance(e, DistrenError):
+                log.exception("frame %s/frame/%s: unexpected error", work.job, work.frame.id)
+            if not work.lost.is_set() and not self._stop.is_set():
+                try:
+                    self.federation.report_failure(work, str(e), _read(logpath))
+                except DistrenError as e2:
+                    log.warning("could not report the failure of %s/frame/%s: %s", work.job, work.frame.id, e2)
+        finally:
+            done.set()
+            logpath.unlink(missing_ok=True)
+            frame_tar.unlink(missing_ok=True)
 
     def _frame_failed(self, job_id: int, frame_id: int, err: Exception) -> None:
         if not isinstance(err, DistrenError):
@@ -299,13 +416,7 @@ class Server:
         except Exception:
             log.exception("could not record the failure of frame %s of job %s", frame_id, job_id)
 
-    def _pack_frame(self, job_id: int, frame_id: int, workdir: Path, produced: list[str]) -> list[dict]:
-        files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
-                 for n in produced]
-        bundle.write_tar(self.store.frame_tar(job_id, frame_id), [(n, workdir / n) for n in produced])
-        return files
-
-    def _rebundle(self, job_id: int) -> None:
+    def rebundle(self, job_id: int) -> None:
         """Collect every finished frame's files (not the seed) into result.tar, then mark the job
         done. Runs again at start if the server died in between."""
         with self._rebundle_lock:
@@ -332,6 +443,14 @@ class Server:
                                     out.addfile(m, src.extractfile(m))
             self.store.mark_job_done(job_id)
         log.info("job %s done", self.job_url(job_id))
+        self.federation.announce(job_id, active=False)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _kill(proc) -> None:

@@ -81,6 +81,31 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_by_job ON events(job_id, id);
     """,
+    # 2: federation. Peers are pinned by name and key; announcements are the jobs of all servers
+    # this one has heard of; nonces keep signed requests from being replayed; a frame leased to
+    # another server carries the time its lease runs out.
+    """
+    CREATE TABLE peers (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        slots INTEGER,
+        rendering TEXT NOT NULL DEFAULT '[]',
+        last_heard REAL,
+        added REAL NOT NULL
+    );
+    CREATE TABLE announcements (
+        job TEXT PRIMARY KEY,
+        origin TEXT NOT NULL,
+        body TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        received REAL NOT NULL
+    );
+    CREATE TABLE nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+    CREATE INDEX nonces_by_expiry ON nonces(expires);
+    ALTER TABLE frames ADD COLUMN lease_expires REAL;
+    CREATE INDEX frames_by_lease ON frames(state, lease_expires);
+    """,
 ]
 
 
@@ -338,18 +363,23 @@ class Store:
             self._job_to(db, job_id, new, reason)
         return new
 
-    def claim_frame(self, server: str, job_ids: list[int] | None = None) -> tuple[int, int] | None:
-        """Take the oldest queued frame of a live job (jobs first in, first served)."""
+    def claim_frame(self, server: str, job_id: int | None = None,
+                    lease_expires: float | None = None) -> tuple[int, int] | None:
+        """Take the oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs
+        first in, first served). A frame for another server is leased until ``lease_expires``."""
         with self._tx() as db:
+            only = "AND j.id=?" if job_id is not None else ""
+            args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
             row = db.execute(
                 "SELECT f.job_id, f.frame_id FROM frames f JOIN jobs j ON j.id=f.job_id"
-                " WHERE f.state=? AND j.state IN (?,?) ORDER BY f.job_id, f.frame_id LIMIT 1",
-                (states.QUEUED, states.QUEUED, states.RENDERING)).fetchone()
+                f" WHERE f.state=? AND j.state IN (?,?) {only} ORDER BY f.job_id, f.frame_id LIMIT 1",
+                args).fetchone()
             if row is None:
                 return None
             job_id, frame_id = row
             self._frame_to(db, job_id, frame_id, states.RENDERING, f"rendering on {server}",
-                           server=server, started=time.time(), attempts=_attempts(db, job_id, frame_id) + 1)
+                           server=server, started=time.time(), attempts=_attempts(db, job_id, frame_id) + 1,
+                           lease_expires=lease_expires)
             self._follow_frames(db, job_id, f"frame {frame_id} started rendering on {server}")
         self._notify()
         return job_id, frame_id
@@ -357,8 +387,8 @@ class Store:
     def finish_frame(self, job_id: int, frame_id: int, server: str, files: list[dict]) -> bool:
         """Record a rendered frame. Returns True when it was the job's last frame."""
         with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.DONE, f"rendered by {server}",
-                           server=server, files=json.dumps(files, sort_keys=True), finished=time.time())
+            self._frame_to(db, job_id, frame_id, states.DONE, f"rendered by {server}", server=server,
+                           files=json.dumps(files, sort_keys=True), finished=time.time(), lease_expires=None)
             self._follow_frames(db, job_id, f"frame {frame_id} done")
             left = db.execute("SELECT COUNT(*) FROM frames WHERE job_id=? AND state!=?",
                               (job_id, states.DONE)).fetchone()[0]
@@ -367,7 +397,7 @@ class Store:
 
     def requeue_frame(self, job_id: int, frame_id: int, reason: str) -> None:
         with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, server=None)
+            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, server=None, lease_expires=None)
             self._follow_frames(db, job_id, f"frame {frame_id}: {reason}")
         self._notify()
 
@@ -400,6 +430,102 @@ class Store:
             self._job_to(db, job_id, states.CANCELLED, f"cancelled by {by}")
         self._notify()
 
+    def renew_lease(self, job_id: int, frame_id: int, server: str, expires: float) -> None:
+        with self._tx() as db:
+            cur = db.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame_id=? AND state=? AND server=?",
+                             (expires, job_id, frame_id, states.RENDERING, server))
+            if cur.rowcount == 0:
+                raise Conflict(f"frame {frame_id} of job {job_id} is not leased to {server}")
+
+    def expire_leases(self, now: float) -> list[tuple[int, int, str]]:
+        """Leases that ran out: the frame is ready again for any server."""
+        with self._tx() as db:
+            rows = db.execute("SELECT job_id, frame_id, server FROM frames WHERE state=? AND lease_expires<?",
+                              (states.RENDERING, now)).fetchall()
+            for job_id, frame_id, server in rows:
+                self._frame_to(db, job_id, frame_id, states.QUEUED,
+                               f"the lease of {server} ran out before it delivered the frame",
+                               server=None, lease_expires=None)
+                self._follow_frames(db, job_id, f"frame {frame_id} lease ran out")
+        if rows:
+            self._notify()
+        return [tuple(r) for r in rows]
+
+    def extend_leases(self, until: float) -> None:
+        """After this server was down, renderers could not renew: give them time to."""
+        with self._tx() as db:
+            db.execute("UPDATE frames SET lease_expires=MAX(lease_expires, ?) WHERE state=? AND lease_expires IS NOT NULL",
+                       (until, states.RENDERING))
+
+    # --- peers and announcements ---------------------------------------------------------
+
+    def pin_peer(self, name: str, address: str, public_key: str) -> bool:
+        """Remember a peer's key on first contact; refuse a different key later. True if new."""
+        with self._tx() as db:
+            row = db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO peers(name, address, public_key, added, last_heard) VALUES(?,?,?,?,?)",
+                           (name, address, public_key, time.time(), time.time()))
+                return True
+            if row[0] != public_key:
+                raise Conflict(
+                    f"server {name!r} presented a different key than the one pinned on first contact; "
+                    "refusing it. If its key really changed, remove the peer and add it again."
+                )
+            db.execute("UPDATE peers SET address=?, last_heard=? WHERE name=?", (address, time.time(), name))
+            return False
+
+    def peer_key(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def peers(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM peers ORDER BY name").fetchall()
+        return [dict(r, rendering=json.loads(r["rendering"])) for r in rows]
+
+    def peer_heard(self, name: str, slots: int | None = None, rendering: list[str] | None = None) -> None:
+        with self._tx() as db:
+            if slots is None:
+                db.execute("UPDATE peers SET last_heard=? WHERE name=?", (time.time(), name))
+            else:
+                db.execute("UPDATE peers SET last_heard=?, slots=?, rendering=? WHERE name=?",
+                           (time.time(), slots, json.dumps(rendering or []), name))
+
+    def seen_nonce(self, nonce: str, expires: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute("INSERT OR IGNORE INTO nonces(nonce, expires) VALUES(?, ?)", (nonce, expires))
+            return cur.rowcount == 0
+
+    def purge_nonces(self, now: float) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM nonces WHERE expires<?", (now,))
+
+    def record_announcement(self, job: str, origin: str, body: dict, active: bool) -> bool:
+        """Store what we heard of a job. True when it is news (to be relayed)."""
+        with self._tx() as db:
+            row = db.execute("SELECT active FROM announcements WHERE job=?", (job,)).fetchone()
+            if row is not None and (not row[0] or row[0] == int(active)):
+                return False  # known already, or withdrawn for good
+            db.execute("INSERT INTO announcements(job, origin, body, active, received) VALUES(?,?,?,?,?)"
+                       " ON CONFLICT(job) DO UPDATE SET active=excluded.active, body=excluded.body",
+                       (job, origin, json.dumps(body, sort_keys=True), int(active), time.time()))
+            return True
+
+    def announcements(self, active_only: bool = True) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body, active FROM announcements" + (" WHERE active=1" if active_only else "")
+                + " ORDER BY received").fetchall()
+        return [dict(json.loads(r[0]), active=bool(r[1])) for r in rows]
+
+    def frames_leased_to(self, server: str) -> list[tuple[int, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, frame_id FROM frames WHERE state=? AND server=?",
+                                    (states.RENDERING, server)).fetchall()
+        return [tuple(r) for r in rows]
+
     def delete_job(self, job_id: int) -> None:
         """Forget a finished job. Its id stays used: AUTOINCREMENT never hands it out again."""
         with self._tx() as db:
@@ -419,7 +545,7 @@ class Store:
                               (states.RENDERING, server)).fetchall()
             for job_id, frame_id in rows:
                 self._frame_to(db, job_id, frame_id, states.QUEUED,
-                               f"{server} restarted while rendering this frame", server=None)
+                               f"{server} restarted while rendering this frame", server=None, lease_expires=None)
                 self._follow_frames(db, job_id, f"frame {frame_id} requeued after restart")
         self._notify()
         return [tuple(r) for r in rows]

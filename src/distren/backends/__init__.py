@@ -14,6 +14,8 @@ class Backend(Protocol):
 
     def frame_ids(self, jf: JobFile) -> list[int]: ...
 
+    def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]: ...
+
     def render(self, jf: JobFile, frame: Frame, workdir, log, timeout: float,
                register=None) -> list[str]:
         """Render ``frame`` in ``workdir`` (a private copy of the scene); write the renderer's

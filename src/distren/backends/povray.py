@@ -87,6 +87,11 @@ class PovrayBackend:
                     f"so the job must have exactly one frame, frame/{STILL_FRAME}"
                 )
 
+    def expected_files(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[str]:
+        """The files a frame's tarball must hold: the image POV-Ray writes for it."""
+        opts = read_ini(scene_dir, jf.settings.get("ini", ""))
+        return [opts.output_name(frame.id if opts.animated else None)]
+
     def command(self, jf: JobFile, frame: Frame, opts: povini.IniOptions) -> list[str]:
         argv = [POVRAY, jf.settings["ini"], f"+W{jf.width}", f"+H{jf.height}"]
         if opts.animated:

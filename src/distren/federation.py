@@ -1,0 +1,468 @@
+"""Federation: servers that introduce themselves, announce jobs, lease frames and send results.
+
+The protocol is written down in docs/protocol.md; this module is both of its sides.
+
+* **Peering.** ``hello`` carries a server's name, address and Ed25519 key, signed with that key.
+  Both sides pin what they learn on first contact; a later change of key is refused.
+* **Announcements.** The origin signs a small record of each new job and sends it to every peer.
+  A server relays news (never what it already knew) to its own peers, so servers that are not
+  directly peered still learn of the job. Every few seconds each server pulls its peers' state,
+  which brings a server that was down up to date. Finished or cancelled jobs are withdrawn.
+* **Leases.** A renderer with an idle slot asks an origin for a frame. The origin leases one
+  ready frame for ``lease_timeout`` seconds and answers with a distrenjob.xml holding that frame,
+  naming the renderer as its server. The renderer renews the lease while it renders, uploads the
+  frame's tarball, and the origin checks it and marks the frame done - once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tarfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from . import backends, bundle, jobfile, states, urls
+from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
+from .identity import MAX_SKEW, Identity, SignatureError, verify
+from .transfer import Gone, Transport
+
+if TYPE_CHECKING:
+    from .service import Server
+
+log = logging.getLogger("distren.federation")
+
+SYNC_INTERVAL = 3.0
+IDLE_JOB_BACKOFF = 1.0
+DOWN_ORIGIN_BACKOFF = 3.0
+MAX_RESULT_BYTES = 2 * 1024**3
+MAX_LOG_BYTES = 256 * 1024
+IMAGE_SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg", ".exr", ".hdr"}
+
+
+def _hello_text(name: str, address: str, key: str, ts: str) -> bytes:
+    return f"distren-hello\n{name}\n{address}\n{key}\n{ts}".encode()
+
+
+def _announcement_text(ann: dict) -> bytes:
+    return json.dumps({k: v for k, v in ann.items() if k != "signature"}, sort_keys=True).encode()
+
+
+@dataclass
+class RemoteWork:
+    """A frame leased from another server."""
+
+    origin: str
+    address: str
+    job: urls.JobURL
+    jf: jobfile.JobFile
+    bundle_sha256: str
+    expires: float
+    scene_dir: Path | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def frame(self) -> jobfile.Frame:
+        return self.jf.frames[0]
+
+    @property
+    def path(self) -> str:
+        return f"/fed/jobs/{self.job.job_id}/frames/{self.frame.id}"
+
+
+class Federation:
+    def __init__(self, server: Server, identity: Identity, advertise: str, lease_timeout: float,
+                 peers: list[str]):
+        self.server = server
+        self.store = server.store
+        self.identity = identity
+        self.address = advertise.rstrip("/")
+        self.lease_timeout = lease_timeout
+        self.configured_peers = [p.rstrip("/") for p in peers]
+        self.transport = Transport(identity)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._relay = ThreadPoolExecutor(max_workers=4, thread_name_prefix="relay")
+        self._backoff: dict[str, float] = {}
+        self._backoff_lock = threading.Lock()
+        self._result_lock = threading.Lock()
+        self._cache_locks: dict[str, threading.Lock] = {}
+        self._cache = server.settings.data / "cache"
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        # Renderers could not renew while we were down: give them a full lease to do so.
+        self.store.extend_leases(time.time() + self.lease_timeout)
+        for target in (self._sync_loop, self._reaper_loop):
+            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._relay.shutdown(wait=False, cancel_futures=True)
+        for t in self._threads:
+            t.join(timeout=5)
+        self.transport.close()
+
+    def _sync_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except Exception:
+                log.exception("sync with peers failed")
+            self._stop.wait(SYNC_INTERVAL)
+
+    def _reaper_loop(self) -> None:
+        last_purge = 0.0
+        while not self._stop.wait(0.5):
+            try:
+                now = time.time()
+                for job_id, frame_id, who in self.store.expire_leases(now):
+                    log.info("lease of %s on frame %s of job %s ran out", who, frame_id, job_id)
+                    self.server.wake()
+                if now - last_purge > 60:
+                    self.store.purge_nonces(now)
+                    last_purge = now
+            except Exception:
+                log.exception("lease reaper failed")
+
+    # --- peering -------------------------------------------------------------------------
+
+    def hello(self) -> dict:
+        ts = f"{time.time():.3f}"
+        return {"name": self.name, "address": self.address, "key": self.identity.public, "time": ts,
+                "signature": self.identity.sign(_hello_text(self.name, self.address, self.identity.public, ts))}
+
+    def _check_hello(self, body: dict) -> tuple[str, str, str]:
+        try:
+            name = urls.check_server_name(str(body["name"]))
+            address, key, ts, sig = (str(body[k]) for k in ("address", "key", "time", "signature"))
+        except (KeyError, TypeError):
+            raise DistrenError("a hello needs name, address, key, time and signature") from None
+        if abs(time.time() - float(ts)) > MAX_SKEW:
+            raise SignatureError("hello is too old or from the future; check both clocks")
+        verify(key, _hello_text(str(body["name"]), address, key, ts), sig)
+        if name == self.name:
+            raise Conflict(f"that server is named {name!r} too; server names must be unique")
+        return name, address, key
+
+    def accept_hello(self, body: dict) -> dict:
+        name, address, key = self._check_hello(body)
+        if self.store.pin_peer(name, address, key):
+            log.info("new peer %s at %s", name, address)
+        self.server.wake()
+        return self.hello()
+
+    def introduce(self, address: str) -> str:
+        """Say hello to the server at ``address``; pin it. Returns its name."""
+        address = address.rstrip("/")
+        try:
+            resp = self.transport.http.post(address + "/fed/hello", json=self.hello())
+        except Exception as e:
+            raise ServerUnreachable(f"cannot reach {address}: {type(e).__name__}: {e}") from None
+        if resp.status_code >= 400:
+            try:
+                msg = resp.json().get("error", resp.text)
+            except ValueError:
+                msg = resp.text
+            raise (Conflict if resp.status_code == 409 else DistrenError)(f"{address} refused our hello: {msg}")
+        name, _, key = self._check_hello(resp.json())
+        self.store.pin_peer(name, address, key)
+        return name
+
+    def _address(self, name: str) -> str:
+        for p in self.store.peers():
+            if p["name"] == name:
+                return p["address"]
+        raise NotFound(f"no known server {name!r}")
+
+    # --- announcements -------------------------------------------------------------------
+
+    def _announcement(self, job_id: int, active: bool) -> dict:
+        job = self.store.get_job(job_id)
+        ann = {"job": str(self.server.job_url(job_id)), "origin": self.name, "address": self.address,
+               "key": self.identity.public, "bundle_sha256": self.server.bundle_sha256(job_id),
+               "frames": len(self.store.frames(job_id)), "created": job.created, "active": active}
+        ann["signature"] = self.identity.sign(_announcement_text(ann))
+        return ann
+
+    def announce(self, job_id: int, active: bool = True) -> None:
+        """Record our own job's announcement (or withdrawal) and push it to every peer."""
+        ann = self._announcement(job_id, active)
+        if self.store.record_announcement(ann["job"], self.name, ann, active):
+            self._relay.submit(self._push, ann, exclude=set())
+
+    def _push(self, ann: dict, exclude: set[str]) -> None:
+        for p in self.store.peers():
+            if p["name"] in exclude or p["name"] == ann["origin"] and ann["origin"] != self.name:
+                continue
+            try:
+                self.transport.call("POST", p["address"], "/fed/announce", ann, retries=1, timeout=5)
+            except DistrenError as e:
+                log.info("could not announce %s to %s (%s); it will catch up by syncing", ann["job"], p["name"], e)
+
+    def receive(self, sender: str, ann: dict) -> bool:
+        """An announcement from ``sender`` (maybe relayed). Verify, record, relay if news."""
+        try:
+            job = urls.parse_job(str(ann["job"]))
+            origin = urls.check_server_name(str(ann["origin"]))
+            key, address, sig = str(ann["key"]), str(ann["address"]), str(ann["signature"])
+            active = bool(ann["active"])
+        except (KeyError, TypeError):
+            raise DistrenError("an announcement needs job, origin, address, key, active and signature") from None
+        if job.server != origin:
+            raise DistrenError(f"announcement of {job} claims origin {origin!r}")
+        if origin == self.name:
+            return False  # our own job, echoed back
+        verify(key, _announcement_text(ann), sig)
+        pinned = self.store.peer_key(origin)
+        if pinned is None:
+            # First we hear of this origin, through a peer we trust: pin it (trust on first use).
+            self.store.pin_peer(origin, address, key)
+        elif pinned != key:
+            raise Conflict(f"announcement of {job} carries a key for {origin!r} that differs from the pinned one")
+        news = self.store.record_announcement(str(job), origin, {k: v for k, v in ann.items()}, active)
+        if news:
+            log.info("%s %s (via %s)", "announced" if active else "withdrawn", job, sender)
+            self._relay.submit(self._push, ann, exclude={sender})
+            self.server.wake()
+        return news
+
+    def state(self) -> dict:
+        return {"name": self.name, "slots": self.server.settings.slots,
+                "rendering": self.server.rendering_now(),
+                "announcements": self.store.announcements(active_only=False)[-1000:]}
+
+    def sync_once(self) -> None:
+        known = {p["address"] for p in self.store.peers()}
+        for address in self.configured_peers:
+            if address not in known:
+                try:
+                    self.introduce(address)
+                except Conflict as e:
+                    log.error("%s", e)
+                except DistrenError as e:
+                    log.info("peer %s not reachable yet (%s)", address, e)
+        for p in self.store.peers():
+            try:
+                st = self.transport.call("GET", p["address"], "/fed/state", retries=0, timeout=5).json()
+            except DistrenError as e:
+                log.debug("sync with %s failed: %s", p["name"], e)
+                continue
+            self.store.peer_heard(p["name"], int(st.get("slots") or 0), list(st.get("rendering") or []))
+            for ann in st.get("announcements", []):
+                try:
+                    self.receive(p["name"], ann)
+                except DistrenError as e:
+                    log.warning("ignored an announcement from %s: %s", p["name"], e)
+
+    # --- renderer side -------------------------------------------------------------------
+
+    def origins_with_work(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ann in self.store.announcements():
+            if ann["origin"] != self.name:
+                seen.setdefault(ann["origin"])
+        return list(seen)
+
+    def _backing_off(self, key: str) -> bool:
+        with self._backoff_lock:
+            return self._backoff.get(key, 0) > time.monotonic()
+
+    def _back_off(self, key: str, seconds: float) -> None:
+        with self._backoff_lock:
+            self._backoff[key] = time.monotonic() + seconds
+
+    def lease_from(self, origin: str) -> RemoteWork | None:
+        """Ask ``origin`` for a frame of its announced jobs, oldest job first."""
+        if self._backing_off(origin):
+            return None
+        for ann in self.store.announcements():
+            if ann["origin"] != origin or self._backing_off(ann["job"]):
+                continue
+            job = urls.parse_job(ann["job"])
+            try:
+                work = self._lease(ann["address"], job)
+            except Gone:
+                self.store.record_announcement(ann["job"], origin, dict(ann, active=False), False)
+                continue
+            except SignatureError:
+                try:  # the origin may not know us yet: introduce ourselves, then ask again
+                    self.introduce(ann["address"])
+                    work = self._lease(ann["address"], job)
+                except DistrenError as e:
+                    log.info("origin %s refused a lease (%s)", origin, e)
+                    self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                    return None
+            except DistrenError as e:
+                log.info("origin %s unreachable (%s)", origin, e)
+                self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                return None
+            if work is None:
+                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
+                continue
+            return work
+        return None
+
+    def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
+        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease", retries=0, timeout=10)
+        if resp.status_code == 204:
+            return None
+        jf = jobfile.loads(resp.content)
+        if jf.name != str(job) or len(jf.frames) != 1:
+            raise DistrenError(f"{address} answered a lease for {job} with another job or several frames")
+        return RemoteWork(job.server, address, job, jf, resp.headers["X-Distren-Bundle-SHA256"],
+                          float(resp.headers["X-Distren-Lease-Expires"]))
+
+    def scene_for(self, work: RemoteWork) -> Path:
+        """The job's scene, fetched once per bundle (cached by content hash) and verified."""
+        sha = work.bundle_sha256
+        scene = self._cache / "scenes" / sha
+        with self._cache_locks.setdefault(sha, threading.Lock()):
+            if not scene.is_dir():
+                tar = self._cache / "bundles" / f"{sha}.tar"
+                if not tar.exists():
+                    self.transport.download(work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, sha)
+                unpacked = self._cache / "scenes" / f".{sha}.unpacked"
+                shutil.rmtree(unpacked, ignore_errors=True)
+                bundle.extract(tar, unpacked)
+                os.replace(unpacked / "scene", scene)
+                shutil.rmtree(unpacked, ignore_errors=True)
+        return scene
+
+    def keep_lease(self, work: RemoteWork, done: threading.Event, on_lost) -> None:
+        """Renew ``work``'s lease until ``done``; call ``on_lost`` if the origin says it is gone."""
+        interval = max(0.2, self.lease_timeout / 3)
+        while not done.wait(interval):
+            try:
+                self.transport.call("POST", work.address, work.path + "/renew", retries=0, timeout=5)
+            except (Conflict, Gone, NotFound) as e:
+                log.warning("lost the lease on %s/frame/%s: %s", work.job, work.frame.id, e)
+                work.lost.set()
+                on_lost()
+                return
+            except DistrenError:
+                pass  # origin down: keep rendering, it extends leases when it comes back
+
+    def deliver(self, work: RemoteWork, frame_tar: Path, log_text: str) -> None:
+        self.transport.call("POST", work.address, work.path + "/log", {"log": log_text[-MAX_LOG_BYTES:]},
+                            retries=30)
+        self.transport.upload(work.address, work.path + "/result", frame_tar)
+
+    def report_failure(self, work: RemoteWork, reason: str, log_text: str) -> None:
+        self.transport.call("POST", work.address, work.path + "/failed",
+                            {"reason": reason, "log": log_text[-MAX_LOG_BYTES:]}, retries=30)
+
+    # --- origin side ---------------------------------------------------------------------
+
+    def _own_job(self, job_id: int):
+        job = self.store.get_job(job_id)
+        if job.state in states.FINAL_JOB_STATES:
+            raise Gone(f"{self.server.job_url(job_id)} is {job.state}")
+        return job
+
+    def grant_lease(self, sender: str, job_id: int) -> tuple[bytes, str, float] | None:
+        job = self._own_job(job_id)
+        expires = time.time() + self.lease_timeout
+        renderer = str(urls.ServerURL(sender))
+        claim = self.store.claim_frame(renderer, job_id, lease_expires=expires)
+        if claim is None:
+            return None
+        jf = jobfile.loads(job.jobfile)
+        one = jf.with_frames([replace(jf.frame(claim[1]), server=renderer)])
+        return one.to_xml(), self.server.bundle_sha256(job_id), expires
+
+    def _leased_to(self, sender: str, job_id: int, frame_id: int):
+        row = self.store.frame(job_id, frame_id)
+        if row.state != states.RENDERING or row.server != str(urls.ServerURL(sender)):
+            raise Conflict(f"frame {frame_id} of {self.server.job_url(job_id)} is not leased to {sender} "
+                           f"(it is {row.state}{' on ' + row.server if row.server else ''})")
+        return row
+
+    def renew(self, sender: str, job_id: int, frame_id: int) -> float:
+        self._own_job(job_id)
+        expires = time.time() + self.lease_timeout
+        self.store.renew_lease(job_id, frame_id, str(urls.ServerURL(sender)), expires)
+        return expires
+
+    def accept_log(self, sender: str, job_id: int, frame_id: int, text: str) -> None:
+        self._leased_to(sender, job_id, frame_id)
+        self.server.append_log(job_id, frame_id, f"==== distren: log from {sender}\n{text}")
+
+    def accept_failure(self, sender: str, job_id: int, frame_id: int, reason: str, text: str) -> None:
+        row = self._leased_to(sender, job_id, frame_id)
+        self.server.append_log(job_id, frame_id, f"==== distren: failed on {sender}\n{text}")
+        if row.attempts < self.server.settings.max_attempts:
+            self.store.requeue_frame(job_id, frame_id, f"attempt {row.attempts} on {sender} failed: {reason}; retrying")
+        else:
+            self.store.fail_frame(job_id, frame_id, f"{reason} (on {sender})")
+        self.server.wake()
+
+    def accept_result(self, sender: str, job_id: int, frame_id: int, tar: Path) -> str:
+        """Check an uploaded frame tarball and mark the frame done. Idempotent: a frame that is
+        already done stays exactly as it is."""
+        job = self.store.get_job(job_id)
+        row = self.store.frame(job_id, frame_id)
+        if row.state == states.DONE:
+            return "already done"
+        self._leased_to(sender, job_id, frame_id)
+        jf = jobfile.loads(job.jobfile)
+        files = self.check_frame_tar(jf, jf.frame(frame_id), job_id, tar)
+        with self._result_lock:
+            row = self.store.frame(job_id, frame_id)
+            if row.state == states.DONE:
+                return "already done"
+            self._leased_to(sender, job_id, frame_id)
+            dest = self.store.frame_tar(job_id, frame_id)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tar, dest)
+            last = self.store.finish_frame(job_id, frame_id, str(urls.ServerURL(sender)), files)
+        if last:
+            threading.Thread(target=self.server.rebundle, args=(job_id,), daemon=True).start()
+        return "accepted"
+
+    def check_frame_tar(self, jf: jobfile.JobFile, frame: jobfile.Frame, job_id: int, tar: Path) -> list[dict]:
+        members = bundle.list_members(tar, bundle.Limits(members=1000, total_bytes=MAX_RESULT_BYTES))
+        backend = backends.get(jf.type)
+        expected = backend.expected_files(jf, frame, self.store.scene_dir(job_id))
+        missing = [n for n in expected if n not in members]
+        if missing:
+            raise BundleError(f"the frame's tarball lacks {', '.join(missing)}")
+        files = []
+        import hashlib
+
+        with tarfile.open(tar) as t:
+            for m in t:
+                if not m.isfile():
+                    continue
+                name = bundle.safe_name(m.name)
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    f = t.extractfile(m)
+                    try:
+                        with Image.open(f) as im:
+                            size = im.size
+                            im.verify()
+                    except Exception as e:
+                        raise BundleError(f"{name} in the frame's tarball is not a readable image ({e})") from None
+                    if size != (jf.width, jf.height):
+                        raise BundleError(f"{name} is {size[0]}x{size[1]}; the job renders {jf.width}x{jf.height}")
+                h = hashlib.sha256()
+                f = t.extractfile(m)
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+                files.append({"name": name, "size": m.size, "sha256": h.hexdigest()})
+        return files

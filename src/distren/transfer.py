@@ -1,0 +1,133 @@
+"""Signed server-to-server HTTP: small calls, and streamed transfers of bundles and frames.
+
+Transfers never hold a whole tarball in memory: uploads stream from a file, downloads stream to
+a temporary file whose SHA-256 is checked before it is renamed into place. Network failures
+and 5xx answers are retried with exponential backoff; 4xx answers are final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json as jsonlib
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
+from .fsutil import atomic_write_stream, sha256_file
+from .identity import EMPTY_SHA256, Identity, SignatureError
+
+log = logging.getLogger("distren.transfer")
+CHUNK = 1 << 20
+
+
+class Gone(DistrenError):
+    """The remote job is finished or cancelled."""
+
+    status = 410
+
+
+_BY_STATUS = {401: SignatureError, 404: NotFound, 409: Conflict, 410: Gone}
+
+
+def _raise_for(resp: httpx.Response, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        msg = resp.json().get("error", resp.text)
+    except ValueError:
+        msg = resp.text
+    raise _BY_STATUS.get(resp.status_code, DistrenError)(f"{what}: {msg}")
+
+
+class Transport:
+    def __init__(self, identity: Identity, timeout: float = 30.0):
+        self.identity = identity
+        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=64))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _retrying(self, what: str, attempt_fn, retries: int, max_delay: float = 2.0):
+        delay = 0.2
+        for n in range(retries + 1):
+            try:
+                resp = attempt_fn()
+            except httpx.TransportError as e:
+                err: Exception = ServerUnreachable(f"{what}: {type(e).__name__}: {e}")
+            else:
+                if resp.status_code < 500:
+                    return resp
+                err = DistrenError(f"{what}: HTTP {resp.status_code}")
+            if n == retries:
+                raise err
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, base: str, path: str, body=None, retries: int = 2,
+             timeout: float | None = None) -> httpx.Response:
+        """A signed call with a small JSON (or empty) body; raises the remote error, if any."""
+        data = b"" if body is None else jsonlib.dumps(body, sort_keys=True).encode()
+        digest = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
+
+        def attempt():
+            headers = self.identity.sign_request(method, path, digest)  # fresh nonce every try
+            if data:
+                headers["Content-Type"] = "application/json"
+            return self.http.request(method, base + path, content=data, headers=headers,
+                                     timeout=timeout or self.http.timeout)
+
+        resp = self._retrying(f"{method} {base}{path}", attempt, retries)
+        _raise_for(resp, f"{method} {base}{path}")
+        return resp
+
+    def upload(self, base: str, path: str, src: Path, retries: int = 30) -> httpx.Response:
+        """PUT a file, streamed; its digest is signed and sent so the receiver can check it."""
+        digest = sha256_file(src)
+
+        def attempt():
+            headers = self.identity.sign_request("PUT", path, digest)
+            headers["X-Content-SHA256"] = digest
+            headers["Content-Type"] = "application/x-tar"
+            with open(src, "rb") as f:
+                return self.http.put(base + path, content=_chunks(f), headers=headers)
+
+        resp = self._retrying(f"upload to {base}{path}", attempt, retries)
+        _raise_for(resp, f"upload to {base}{path}")
+        return resp
+
+    def download(self, base: str, path: str, dest: Path, sha256: str | None, retries: int = 5,
+                 limit: int | None = None) -> str:
+        """GET a file, streamed to ``dest`` atomically; verify its SHA-256. Returns the digest."""
+        what = f"download of {base}{path}"
+        delay = 0.2
+        for n in range(retries + 1):
+            try:
+                headers = self.identity.sign_request("GET", path)
+                with self.http.stream("GET", base + path, headers=headers) as resp:
+                    if resp.status_code >= 400 and resp.status_code < 500:
+                        resp.read()
+                        _raise_for(resp, what)
+                    if resp.status_code >= 500:
+                        raise DistrenError(f"{what}: HTTP {resp.status_code}")
+                    got, _ = atomic_write_stream(dest, resp.iter_bytes(CHUNK), limit)
+                if sha256 and got != sha256:
+                    dest.unlink(missing_ok=True)
+                    raise BundleError(f"{what}: content hash {got[:12]}... is not the announced {sha256[:12]}...")
+                return got
+            except (httpx.TransportError, BundleError, DistrenError) as e:
+                if isinstance(e, (NotFound, Conflict, Gone, SignatureError)) or n == retries:
+                    raise
+                log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+
+def _chunks(f) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk

@@ -1,0 +1,175 @@
+"""Federation on loopback: real servers, real POV-Ray, real signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+
+import httpx
+import pytest
+
+from conftest import POV_ANIM, SCENES, assert_frames_match, povray_reference
+from distren.identity import Identity
+
+pytestmark = pytest.mark.e2e
+FZ = POV_ANIM / "fractalzoom"
+
+
+def last_line(res) -> str:
+    return res.stdout.strip().splitlines()[-1]
+
+
+def status(server, url: str) -> dict:
+    return json.loads(server.cli("status", url, "--json").stdout)
+
+
+def events(server, job_id: int) -> list[dict]:
+    return httpx.get(f"{server.http}/api/jobs/{job_id}/events",
+                     headers={"Authorization": f"Bearer {server.token}"}).json()
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def trio(start_server):
+    a = start_server("a", "--slots", "0", "--lease-timeout", "2")
+    b = start_server("b", "--slots", "1", "--peer", a.http)
+    c = start_server("c", "--slots", "1", "--peer", a.http)
+    return a, b, c
+
+
+def test_origin_that_renders_nothing_gets_frames_from_two_renderers(trio, tmp_path):
+    a, b, c = trio
+    url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", "64", "--height", "48", "--wait"))
+    st = status(a, url)
+    assert {f["server"] for f in st["frames"]} == {"distren://b/", "distren://c/"}
+    a.cli("download", url, "-o", str(tmp_path / "got"))
+    ref = povray_reference(SCENES / "textured", "textured.ini", tmp_path / "ref", 64, 48)
+    assert_frames_match(tmp_path / "got", ref, [f"textured{i}.png" for i in range(1, 7)])
+    # The frames' logs came back to the origin with them.
+    assert "log from b" in a.cli("log", f"{url}/frame/1").stdout + a.cli("log", f"{url}/frame/2").stdout
+    rows = json.loads(a.cli("servers", "--json").stdout)
+    assert {r["name"] for r in rows} == {"a", "b", "c"}
+    assert all(r["slots"] == 1 for r in rows if r["name"] in "bc")
+
+
+def test_renderer_killed_while_holding_a_frame(trio, tmp_path):
+    a, b, c = trio
+    url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-6"))
+    held = wait_for(lambda: next((f for f in status(a, url)["frames"]
+                                  if f["state"] == "rendering" and f["server"] == "distren://b/"), None),
+                    what="b to hold a frame")
+    b.kill()
+    a.cli("wait", url, "--timeout", "120")
+    st = status(a, url)
+    frame = next(f for f in st["frames"] if f["id"] == held["id"])
+    if frame["server"] == "distren://c/":  # unless b had uploaded it in the instant before dying
+        reasons = [e["reason"] for e in events(a, st["id"]) if e["frame_id"] == held["id"]]
+        assert any("lease of distren://b/ ran out" in r for r in reasons), reasons
+    a.cli("download", url, "-o", str(tmp_path / "got"))
+    ref = povray_reference(FZ, "fractalzoom.ini", tmp_path / "ref", 64, 48, 1, 6)
+    assert_frames_match(tmp_path / "got", ref, [f"fractalzoom{i:02d}.png" for i in range(1, 7)])
+
+
+def test_origin_killed_mid_job_and_restarted(trio, tmp_path):
+    a, b, c = trio
+    url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-10"))
+    wait_for(lambda: status(a, url)["counts"]["done"] >= 2, what="two frames done")
+    a.kill()
+    time.sleep(1.5)
+    a.start()
+    a.cli("wait", url, "--timeout", "120")
+    st = status(a, url)
+    assert {f["server"] for f in st["frames"]} <= {"distren://b/", "distren://c/"}
+    a.cli("download", url, "-o", str(tmp_path / "got"))
+    ref = povray_reference(FZ, "fractalzoom.ini", tmp_path / "ref", 64, 48, 1, 10)
+    assert_frames_match(tmp_path / "got", ref, [f"fractalzoom{i:02d}.png" for i in range(1, 11)])
+
+
+def test_server_started_after_the_announcement_learns_of_it_through_a_relay(start_server, tmp_path):
+    a = start_server("a", "--slots", "0")
+    b = start_server("b", "--slots", "1", "--peer", a.http)
+    url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-12"))
+    wait_for(lambda: status(a, url)["counts"]["rendering"], what="b to start")
+    late = start_server("late", "--slots", "1", "--peer", b.http)  # never peered with a directly
+    a.cli("wait", url, "--timeout", "120")
+    servers = {f["server"] for f in status(a, url)["frames"]}
+    assert "distren://late/" in servers, servers
+    # a learned of late when late came to ask for frames.
+    assert "late" in {r["name"] for r in json.loads(a.cli("servers", "--json").stdout)}
+
+
+def _signed(ident: Identity, method: str, base: str, path: str, body: bytes = b"", extra=None) -> httpx.Response:
+    headers = ident.sign_request(method, path, hashlib.sha256(body).hexdigest())
+    headers.update(extra or {})
+    return httpx.request(method, base + path, content=body, headers=headers)
+
+
+def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server):
+    a = start_server("a", "--slots", "0")
+    url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24", "--frames", "1-2"))
+    job_id = url.rsplit("/", 1)[1]
+
+    r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease")
+    assert r.status_code == 401 and "unsigned" in r.json()["error"]
+    stranger = Identity("mallory", Identity.load_or_create("x", a.data.parent / "m.key").key)
+    r = _signed(stranger, "POST", a.http, f"/fed/jobs/{job_id}/lease")
+    assert r.status_code == 401 and "unknown server 'mallory'" in r.json()["error"]
+
+    tester = Identity.load_or_create("tester", a.data.parent / "t.key")
+    from distren.identity import b64
+    import time as _t
+
+    def hello(ident):
+        ts = f"{_t.time():.3f}"
+        from distren.federation import _hello_text
+        return {"name": ident.name, "address": "http://127.0.0.1:9", "key": ident.public, "time": ts,
+                "signature": ident.sign(_hello_text(ident.name, "http://127.0.0.1:9", ident.public, ts))}
+
+    assert httpx.post(f"{a.http}/fed/hello", json=hello(tester)).json()["name"] == "a"
+    # The same name with another key: refused loudly.
+    impostor = Identity("tester", Identity.load_or_create("y", a.data.parent / "i.key").key)
+    r = httpx.post(f"{a.http}/fed/hello", json=hello(impostor))
+    assert r.status_code == 409 and "different key" in r.json()["error"]
+    # A forged signature: tester's name, impostor's key.
+    r = _signed(impostor, "POST", a.http, f"/fed/jobs/{job_id}/lease")
+    assert r.status_code == 401 and "bad signature" in r.json()["error"]
+    # A request signed for another path cannot be reused here.
+    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/frames/1/renew")
+    r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
+    assert r.status_code == 401
+
+    # A genuine lease, then the same request replayed.
+    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/lease")
+    r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
+    assert r.status_code == 200 and b'server="distren://tester/"' in r.content
+    leased = int(r.content.split(b'/frame/')[1].split(b'"')[0])
+    r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
+    assert r.status_code == 401 and "replayed" in r.json()["error"]
+
+    # An upload for the frame that is not leased to tester.
+    other = 2 if leased == 1 else 1
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo(f"textured{other}.png")
+        data = b"not really a png"
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{other}/result", buf.getvalue())
+    assert r.status_code == 409 and "not leased to tester" in r.json()["error"]
+    # And for the leased frame, a tarball that is not the frame's image is refused too.
+    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{leased}/result", buf.getvalue())
+    assert r.status_code == 400, r.text
+    st = status(a, url)
+    assert st["counts"]["done"] == 0
