@@ -1,7 +1,8 @@
 """``distren demo``: the product in under a minute, on this machine alone.
 
-Starts a local server on a free port with throw-away state, renders the animation that ships
-with distren, shows progress, downloads the frames and writes an animated preview.
+Starts three federated servers on loopback with throw-away state (``alpha`` takes the job,
+``beta`` and ``gamma`` peer with it), renders the animation that ships with distren across all
+three, shows progress, downloads the frames and writes an animated preview.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 from rich.console import Console
+from rich.table import Table
 
 from .client import Client
 from .errors import DistrenError
@@ -70,29 +73,53 @@ def write_preview(frames: list[Path], output: Path) -> list[Path]:
     return [mp4, gif]
 
 
+SERVERS = ("alpha", "beta", "gamma")
+SLOTS_EACH = "2"
+
+
 def run(output: Path) -> None:
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    procs = []
     with tempfile.TemporaryDirectory(prefix="distren-demo-") as tmp:
         tmp = Path(tmp)
-        port = _free_port()
-        proc = start_server("demo", tmp / "data", port, log=output / "server.log")
         try:
-            token = (tmp / "data" / "admin.token").read_text().strip()
-            with Client(f"http://127.0.0.1:{port}", token) as client:
-                err.print(f"server distren://demo/ is up on http://127.0.0.1:{port}")
+            ports = {name: _free_port() for name in SERVERS}
+            origin = f"http://127.0.0.1:{ports['alpha']}"
+            for name in SERVERS:
+                peer = () if name == "alpha" else ("--peer", origin)
+                procs.append(start_server(name, tmp / name, ports[name], "--slots", SLOTS_EACH, *peer,
+                                          log=output / f"{name}.log"))
+                err.print(f"server distren://{name}/ is up on http://127.0.0.1:{ports[name]}"
+                          + (f", peered with distren://alpha/" if peer else ""))
+            token = (tmp / "alpha" / "admin.token").read_text().strip()
+            with Client(origin, token) as client:
+                _wait_for_peers(client, len(SERVERS))
                 pack(SCENE, tmp / "demo.tar", WIDTH, HEIGHT)
                 url = client.submit(tmp / "demo.tar")
-                err.print(f"submitted the bundled animation as {url}")
+                err.print(f"submitted the bundled animation ({WIDTH}x{HEIGHT}) to alpha as {url}")
                 st = follow(client, url, timeout=300)
                 if not report(st):
-                    raise DistrenError(f"the demo job {st['state']}; see {output / 'server.log'}")
+                    raise DistrenError(f"the demo job {st['state']}; see the logs in {output}")
                 names = client.download(url, output)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(10)
+    spread = Counter(f["server"] for f in st["frames"])
+    table = Table("server", "frames rendered")
+    for server, n in sorted(spread.items()):
+        table.add_row(server, str(n))
+    err.print(table)
     frames = sorted(output / n for n in names if n.endswith(".png"))
     previews = write_preview(frames, output)
     err.print(f"{len(frames)} frames in {output}/, preview {previews[0]} and {previews[1]} "
               f"({time.monotonic() - started:.1f} s)")
+
+
+def _wait_for_peers(client: Client, n: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(client.servers()) < n:
+        time.sleep(0.1)
