@@ -111,7 +111,7 @@ def test_server_started_after_the_announcement_learns_of_it_through_a_relay(star
 
 
 def _signed(ident: Identity, method: str, base: str, path: str, body: bytes = b"", extra=None) -> httpx.Response:
-    headers = ident.sign_request(method, path, hashlib.sha256(body).hexdigest())
+    headers = ident.sign_request(method, path, hashlib.sha256(body).hexdigest(), to="a")
     headers.update(extra or {})
     return httpx.request(method, base + path, content=body, headers=headers)
 
@@ -146,12 +146,16 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
     r = _signed(impostor, "POST", a.http, f"/fed/jobs/{job_id}/lease")
     assert r.status_code == 401 and "bad signature" in r.json()["error"]
     # A request signed for another path cannot be reused here.
-    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/frames/1/renew")
+    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/frames/1/renew", to="a")
     r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
     assert r.status_code == 401
+    # Nor can a request meant for another server be replayed here.
+    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/lease", to="b")
+    r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
+    assert r.status_code == 401 and "bad signature" in r.json()["error"]
 
     # A genuine lease, then the same request replayed.
-    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/lease")
+    headers = tester.sign_request("POST", f"/fed/jobs/{job_id}/lease", to="a")
     r = httpx.post(f"{a.http}/fed/jobs/{job_id}/lease", headers=headers)
     assert r.status_code == 200 and b'server="distren://tester/"' in r.content
     leased = int(r.content.split(b'/frame/')[1].split(b'"')[0])
@@ -166,10 +170,11 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
         data = b"not really a png"
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
-    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{other}/result", buf.getvalue())
+    sha = {"X-Content-SHA256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{other}/result", buf.getvalue(), sha)
     assert r.status_code == 409 and "not leased to tester" in r.json()["error"]
     # And for the leased frame, a tarball that is not the frame's image is refused too.
-    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{leased}/result", buf.getvalue())
-    assert r.status_code == 400, r.text
+    r = _signed(tester, "PUT", a.http, f"/fed/jobs/{job_id}/frames/{leased}/result", buf.getvalue(), sha)
+    assert r.status_code == 400 and f"lacks textured{leased}.png" in r.text, r.text
     st = status(a, url)
     assert st["counts"]["done"] == 0

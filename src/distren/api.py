@@ -23,6 +23,8 @@ from .errors import BundleError, DistrenError
 from .service import Server
 
 log = logging.getLogger("distren.api")
+MAX_SIGNED_BODY = 1 << 20
+MAX_RESULT_BYTES = 2 * 1024**3
 
 
 def create_app(server: Server) -> FastAPI:
@@ -122,6 +124,11 @@ def create_app(server: Server) -> FastAPI:
         name = await run_in_threadpool(server.add_peer, address)
         return {"peer": f"distren://{name}/", "address": address}
 
+    @app.delete("/api/peers/{name}")
+    def remove_peer(name: str, u=Depends(admin)):
+        server.remove_peer(name)
+        return {"removed": f"distren://{name}/"}
+
     # --- federation: signed server-to-server calls (docs/protocol.md) ----------------------
 
     fed = server.federation
@@ -130,15 +137,20 @@ def create_app(server: Server) -> FastAPI:
         q = request.url.query
         return request.url.path + (f"?{q}" if q else "")
 
+    def verify(request: Request, digest: str) -> str:
+        return identity.verify_request(request.headers, request.method, path_of(request), digest,
+                                       server.store.peer_key, server.store.seen_nonce, me=server.url.name)
+
     async def signed(request: Request) -> tuple[str, bytes]:
         """The verified sender's name, and the (small) body it signed."""
-        body = await request.body()
-        if len(body) > 1 << 20:
-            raise DistrenError("request body too large")
-        digest = hashlib.sha256(body).hexdigest()
-        sender = identity.verify_request(request.headers, request.method, path_of(request), digest,
-                                         server.store.peer_key, server.store.seen_nonce)
-        return sender, body
+        if int(request.headers.get("content-length") or 0) > MAX_SIGNED_BODY:
+            raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_SIGNED_BODY:
+                raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
+        return verify(request, hashlib.sha256(body).hexdigest()), body
 
     def json_body(body: bytes) -> dict:
         try:
@@ -182,6 +194,20 @@ def create_app(server: Server) -> FastAPI:
         return FileResponse(server.store.seed_path(job_id), media_type="application/x-tar",
                             headers={"X-Content-SHA256": server.bundle_sha256(job_id)})
 
+    @app.get("/fed/jobs/{job_id}/frames/{frame_id}")
+    async def fed_frame(job_id: int, frame_id: int, request: Request):
+        await signed(request)
+        return await run_in_threadpool(fed.frame_state, job_id, frame_id)
+
+    @app.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
+    async def fed_frame_files(job_id: int, frame_id: int, request: Request):
+        await signed(request)
+        if server.store.frame(job_id, frame_id).state != "done":
+            from .errors import Conflict
+
+            raise Conflict(f"frame {frame_id} of job {job_id} is not done")
+        return FileResponse(server.store.frame_tar(job_id, frame_id), media_type="application/x-tar")
+
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
     async def renew(job_id: int, frame_id: int, request: Request):
         sender, _ = await signed(request)
@@ -203,7 +229,11 @@ def create_app(server: Server) -> FastAPI:
 
     @app.put("/fed/jobs/{job_id}/frames/{frame_id}/result")
     async def remote_result(job_id: int, frame_id: int, request: Request):
-        # Streamed to disk while hashing; the signature covers the digest, checked at the end.
+        # The signature covers the digest the sender claims: check it before taking any bytes,
+        # then stream to disk while hashing and compare.
+        claimed = request.headers.get("X-Content-SHA256", "")
+        sender = verify(request, claimed)
+        fed.leased_to_or_done(sender, job_id, frame_id)
         path = server.store.staging_dir() / f"result-{secrets.token_hex(8)}.tar"
         h = hashlib.sha256()
         size = 0
@@ -211,17 +241,13 @@ def create_app(server: Server) -> FastAPI:
             with open(path, "wb") as f:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > 2 * 1024**3:
-                        raise BundleError("frame tarball larger than 2 GiB; refused")
+                    if size > MAX_RESULT_BYTES:
+                        raise BundleError(f"frame tarball larger than {MAX_RESULT_BYTES} bytes; refused")
                     h.update(chunk)
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            digest = h.hexdigest()
-            sender = identity.verify_request(request.headers, "PUT", path_of(request), digest,
-                                             server.store.peer_key, server.store.seen_nonce)
-            claimed = request.headers.get("X-Content-SHA256")
-            if claimed and claimed != digest:
+            if h.hexdigest() != claimed:
                 raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
             outcome = await run_in_threadpool(fed.accept_result, sender, job_id, frame_id, path)
         finally:

@@ -29,6 +29,10 @@ ServerOpt = typer.Option(None, "--server", envvar="DISTREN_SERVER",
                          help=f"The server's HTTP address (default {DEFAULT_SERVER}).")
 TokenOpt = typer.Option(None, "--token", envvar="DISTREN_TOKEN", help="Your token on that server.")
 
+TilesOpt = typer.Option(None, "--tiles", help="Render a still as CxR tiles on many servers, then stitch them.")
+MovieOpt = typer.Option(False, "--movie", help="Add a frame that encodes the animation as an MP4.")
+ChainOpt = typer.Option(False, "--chain", help="Each frame waits for the previous one and gets its files.")
+
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 3
 
@@ -84,11 +88,14 @@ def pack(
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
     frames: Optional[str] = typer.Option(None, "--frames", help="Keep frames A-B of the INI's animation."),
+    tiles: Optional[str] = TilesOpt,
+    movie: bool = MovieOpt,
+    chain: bool = ChainOpt,
 ):
     """Write a job bundle (distrenjob.xml + the scene) ready to submit."""
     from .pack import pack as do_pack
 
-    jf = do_pack(source, output, width, height, frames)
+    jf = do_pack(source, output, width, height, frames, tiles, movie, chain)
     err.print(f"packed {len(jf.frames)} frame(s) at {jf.width}x{jf.height} into {output}")
 
 
@@ -98,6 +105,9 @@ def submit(
     width: Optional[int] = typer.Option(None, "--width"),
     height: Optional[int] = typer.Option(None, "--height"),
     frames: Optional[str] = typer.Option(None, "--frames"),
+    tiles: Optional[str] = TilesOpt,
+    movie: bool = MovieOpt,
+    chain: bool = ChainOpt,
     wait_: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
     server: Optional[str] = ServerOpt,
     token: Optional[str] = TokenOpt,
@@ -107,12 +117,13 @@ def submit(
 
     with _client(server, token) as c, tempfile.TemporaryDirectory(prefix="distren-") as tmp:
         if source.suffix == ".tar" and source.is_file():
-            if width or height or frames:
-                raise DistrenError("--width/--height/--frames apply to scenes; pack the bundle again to change them")
+            if width or height or frames or tiles or movie or chain:
+                raise DistrenError("--width/--height/--frames/--tiles/--movie/--chain apply to scenes; "
+                                   "pack the bundle again to change them")
             tarball = source
         else:
             tarball = Path(tmp) / "job.tar"
-            do_pack(source, tarball, width, height, frames)
+            do_pack(source, tarball, width, height, frames, tiles, movie, chain)
         url = c.submit(tarball)
     print(url, flush=True)
     if wait_:
@@ -250,6 +261,15 @@ def peers_add(address: str = typer.Argument(..., help="The other server's HTTP a
     with _client(server, token) as c:
         res = c.add_peer(address)
     err.print(f"peered with {res['peer']} at {res['address']}")
+
+
+@peers_app.command("remove")
+def peers_remove(name: str = typer.Argument(..., help="The peer's server name."),
+                 server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Forget a peer and its pinned key (admin only), e.g. after it really changed its key."""
+    with _client(server, token) as c:
+        c.remove_peer(name)
+    err.print(f"removed distren://{name}/")
 
 
 @user_app.command("add")

@@ -127,6 +127,9 @@ class Client:
     def add_peer(self, address: str) -> dict:
         return self._request("POST", "/api/peers", json={"address": address}).json()
 
+    def remove_peer(self, name: str) -> None:
+        self._request("DELETE", f"/api/peers/{name}")
+
     def add_user(self, name: str) -> dict:
         return self._request("POST", "/api/users", json={"name": name}).json()
 

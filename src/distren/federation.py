@@ -32,7 +32,8 @@ from PIL import Image
 
 from . import backends, bundle, jobfile, states, urls
 from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
-from .identity import MAX_SKEW, Identity, SignatureError, verify
+from .identity import MAX_SKEW, Identity, SignatureError, parse_time, verify
+from .fsutil import sha256_file
 from .transfer import Gone, Transport
 
 if TYPE_CHECKING:
@@ -44,8 +45,22 @@ SYNC_INTERVAL = 3.0
 IDLE_JOB_BACKOFF = 1.0
 DOWN_ORIGIN_BACKOFF = 3.0
 MAX_RESULT_BYTES = 2 * 1024**3
-MAX_LOG_BYTES = 256 * 1024
-IMAGE_SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg", ".exr", ".hdr"}
+MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
+IMAGE_SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg"}  # what Pillow can check
+
+
+def check_address(address: str) -> str:
+    """A peer's address is dialled automatically: accept only plain http(s)://HOST[:PORT]."""
+    import re
+
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", address):
+        raise DistrenError(f"invalid server address {address!r}: expected http(s)://HOST[:PORT]")
+    return address
+
+
+def _tail(text: str, limit: int = MAX_LOG_BYTES) -> str:
+    """The end of a log, at most ``limit`` bytes of UTF-8."""
+    return text.encode()[-limit:].decode(errors="ignore")
 
 
 def _hello_text(name: str, address: str, key: str, ts: str) -> bytes:
@@ -153,7 +168,8 @@ class Federation:
             address, key, ts, sig = (str(body[k]) for k in ("address", "key", "time", "signature"))
         except (KeyError, TypeError):
             raise DistrenError("a hello needs name, address, key, time and signature") from None
-        if abs(time.time() - float(ts)) > MAX_SKEW:
+        check_address(address)
+        if abs(time.time() - parse_time(ts, "hello time")) > MAX_SKEW:
             raise SignatureError("hello is too old or from the future; check both clocks")
         verify(key, _hello_text(str(body["name"]), address, key, ts), sig)
         if name == self.name:
@@ -169,7 +185,7 @@ class Federation:
 
     def introduce(self, address: str) -> str:
         """Say hello to the server at ``address``; pin it. Returns its name."""
-        address = address.rstrip("/")
+        address = check_address(address.rstrip("/"))
         try:
             resp = self.transport.http.post(address + "/fed/hello", json=self.hello())
         except Exception as e:
@@ -200,10 +216,11 @@ class Federation:
         ann["signature"] = self.identity.sign(_announcement_text(ann))
         return ann
 
-    def announce(self, job_id: int, active: bool = True) -> None:
-        """Record our own job's announcement (or withdrawal) and push it to every peer."""
+    def announce(self, job_id: int, active: bool = True, again: bool = False) -> None:
+        """Record our own job's announcement (or withdrawal) and push it to every peer
+        (``again``: even if it is not news, as after a restart)."""
         ann = self._announcement(job_id, active)
-        if self.store.record_announcement(ann["job"], self.name, ann, active):
+        if self.store.record_announcement(ann["job"], self.name, ann, active) or again:
             self._relay.submit(self._push, ann, exclude=set())
 
     def _push(self, ann: dict, exclude: set[str]) -> None:
@@ -211,7 +228,7 @@ class Federation:
             if p["name"] in exclude or p["name"] == ann["origin"] and ann["origin"] != self.name:
                 continue
             try:
-                self.transport.call("POST", p["address"], "/fed/announce", ann, retries=1, timeout=5)
+                self.transport.call("POST", p["address"], "/fed/announce", ann, retries=1, timeout=5, to=p["name"])
             except DistrenError as e:
                 log.info("could not announce %s to %s (%s); it will catch up by syncing", ann["job"], p["name"], e)
 
@@ -226,6 +243,7 @@ class Federation:
             raise DistrenError("an announcement needs job, origin, address, key, active and signature") from None
         if job.server != origin:
             raise DistrenError(f"announcement of {job} claims origin {origin!r}")
+        check_address(address)
         if origin == self.name:
             return False  # our own job, echoed back
         verify(key, _announcement_text(ann), sig)
@@ -243,11 +261,17 @@ class Federation:
         return news
 
     def state(self) -> dict:
+        # Every live job, and the latest withdrawals; only records as their origin signed them.
+        live = [a for a in self.store.announcements(active_only=True) if a["active"]]
+        gone = [a for a in self.store.announcements(active_only=False) if not a["active"]][-1000:]
         return {"name": self.name, "slots": self.server.settings.slots,
-                "rendering": self.server.rendering_now(),
-                "announcements": self.store.announcements(active_only=False)[-1000:]}
+                "rendering": self.server.rendering_now(), "announcements": live + gone}
 
     def sync_once(self) -> None:
+        self._sync_peers()
+        self.poll_remote_deps()
+
+    def _sync_peers(self) -> None:
         known = {p["address"] for p in self.store.peers()}
         for address in self.configured_peers:
             if address not in known:
@@ -259,7 +283,7 @@ class Federation:
                     log.info("peer %s not reachable yet (%s)", address, e)
         for p in self.store.peers():
             try:
-                st = self.transport.call("GET", p["address"], "/fed/state", retries=0, timeout=5).json()
+                st = self.transport.call("GET", p["address"], "/fed/state", retries=0, timeout=5, to=p["name"]).json()
             except DistrenError as e:
                 log.debug("sync with %s failed: %s", p["name"], e)
                 continue
@@ -297,8 +321,12 @@ class Federation:
             job = urls.parse_job(ann["job"])
             try:
                 work = self._lease(ann["address"], job)
-            except Gone:
-                self.store.record_announcement(ann["job"], origin, dict(ann, active=False), False)
+            except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
+                self.store.forget_announcement(ann["job"])
+                continue
+            except Conflict as e:
+                log.info("origin %s refused a lease on %s (%s)", origin, job, e)
+                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
                 continue
             except SignatureError:
                 try:  # the origin may not know us yet: introduce ourselves, then ask again
@@ -319,14 +347,15 @@ class Federation:
         return None
 
     def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
-        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease", retries=0, timeout=10)
+        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease", retries=0, timeout=10,
+                                   to=job.server)
         if resp.status_code == 204:
             return None
         jf = jobfile.loads(resp.content)
-        if jf.name != str(job) or len(jf.frames) != 1:
-            raise DistrenError(f"{address} answered a lease for {job} with another job or several frames")
-        return RemoteWork(job.server, address, job, jf, resp.headers["X-Distren-Bundle-SHA256"],
-                          float(resp.headers["X-Distren-Lease-Expires"]))
+        sha, expires = resp.headers.get("X-Distren-Bundle-SHA256"), resp.headers.get("X-Distren-Lease-Expires")
+        if jf.name != str(job) or len(jf.frames) != 1 or not sha or not expires:
+            raise DistrenError(f"{address} answered a lease for {job} with something else than one frame of it")
+        return RemoteWork(job.server, address, job, jf, sha, float(expires))
 
     def scene_for(self, work: RemoteWork) -> Path:
         """The job's scene, fetched once per bundle (cached by content hash) and verified."""
@@ -336,7 +365,8 @@ class Federation:
             if not scene.is_dir():
                 tar = self._cache / "bundles" / f"{sha}.tar"
                 if not tar.exists():
-                    self.transport.download(work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, sha)
+                    self.transport.download(work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, sha,
+                                            to=work.origin)
                 unpacked = self._cache / "scenes" / f".{sha}.unpacked"
                 shutil.rmtree(unpacked, ignore_errors=True)
                 bundle.extract(tar, unpacked)
@@ -346,11 +376,14 @@ class Federation:
 
     def keep_lease(self, work: RemoteWork, done: threading.Event, on_lost) -> None:
         """Renew ``work``'s lease until ``done``; call ``on_lost`` if the origin says it is gone."""
-        interval = max(0.2, self.lease_timeout / 3)
+        # The origin's lease timeout rules, not ours: renew at a third of what it granted.
+        interval = max(0.2, (work.expires - time.time()) / 3)
         while not done.wait(interval):
             try:
-                self.transport.call("POST", work.address, work.path + "/renew", retries=0, timeout=5)
-            except (Conflict, Gone, NotFound) as e:
+                resp = self.transport.call("POST", work.address, work.path + "/renew", retries=0, timeout=5,
+                                           to=work.origin)
+                interval = max(0.2, (float(resp.json()["expires"]) - time.time()) / 3)
+            except (Conflict, Gone, NotFound, SignatureError) as e:
                 log.warning("lost the lease on %s/frame/%s: %s", work.job, work.frame.id, e)
                 work.lost.set()
                 on_lost()
@@ -359,19 +392,76 @@ class Federation:
                 pass  # origin down: keep rendering, it extends leases when it comes back
 
     def deliver(self, work: RemoteWork, frame_tar: Path, log_text: str) -> None:
-        self.transport.call("POST", work.address, work.path + "/log", {"log": log_text[-MAX_LOG_BYTES:]},
-                            retries=30)
-        self.transport.upload(work.address, work.path + "/result", frame_tar)
+        self.transport.call("POST", work.address, work.path + "/log", {"log": _tail(log_text)},
+                            retries=30, to=work.origin)
+        self.transport.upload(work.address, work.path + "/result", frame_tar, to=work.origin)
 
     def report_failure(self, work: RemoteWork, reason: str, log_text: str) -> None:
         self.transport.call("POST", work.address, work.path + "/failed",
-                            {"reason": reason, "log": log_text[-MAX_LOG_BYTES:]}, retries=30)
+                            {"reason": reason[:4096], "log": _tail(log_text)}, retries=30, to=work.origin)
+
+    # --- dependencies on other servers' frames ---------------------------------------------
+
+    def remote_frame_state(self, target: urls.FrameURL, where: str = "") -> dict:
+        """Ask a frame's origin how it is; refuse frames and servers that do not exist."""
+        prefix = f"{where}: " if where else ""
+        if self.store.peer_key(target.server) is None:
+            raise NotFound(f"{prefix}server {target.server!r} is not known here; peer with it first "
+                           "(`distren peers add URL`)")
+        address = self._address(target.server)
+        try:
+            return self.transport.call("GET", address, f"/fed/jobs/{target.job_id}/frames/{target.frame_id}",
+                                       retries=1, timeout=10, to=target.server).json()
+        except NotFound:
+            raise NotFound(f"{prefix}{target} does not exist on {target.server}") from None
+        except DistrenError as e:
+            raise ServerUnreachable(f"{prefix}cannot check {target}: {e}") from None
+
+    def fetch_frame_files(self, target: urls.FrameURL) -> Path:
+        """A finished frame's tarball from the server that holds it; cached (a done frame never
+        changes and ids are never reused, so its URL names its content for good)."""
+        path = self._cache / "frames" / target.server / f"{target.job_id}-{target.frame_id}.tar"
+        with self._cache_locks.setdefault(str(target), threading.Lock()):
+            if not path.exists():
+                state = self.remote_frame_state(target)
+                if state.get("state") != states.DONE:
+                    raise DistrenError(f"dependency {target} is {state.get('state')}, not done")
+                self.transport.download(self._address(target.server),
+                                        f"/fed/jobs/{target.job_id}/frames/{target.frame_id}/files", path,
+                                        state.get("sha256"), to=target.server)
+        return path
+
+    def poll_remote_deps(self) -> None:
+        for dep in self.store.remote_deps_pending():
+            try:
+                st = self.remote_frame_state(urls.parse_frame(dep))
+            except DistrenError as e:
+                log.debug("cannot check %s: %s", dep, e)
+                continue
+            state = st.get("state")
+            if state == states.DONE:
+                self.store.set_remote_dep(dep, "done", "done")
+                self.server.wake()
+            elif state in (states.FAILED, states.BLOCKED) or st.get("job_state") == states.CANCELLED:
+                self.store.set_remote_dep(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
+            else:
+                self.store.set_remote_dep(dep, "waiting", "")
+
+    def frame_state(self, job_id: int, frame_id: int) -> dict:
+        job = self.store.get_job(job_id)
+        row = self.store.frame(job_id, frame_id)
+        out = {"url": self.store.frame_url(job_id, frame_id), "state": row.state, "reason": row.reason,
+               "job_state": job.state, "server": row.server}
+        if row.state == states.DONE:
+            out["sha256"] = sha256_file(self.store.frame_tar(job_id, frame_id))
+        return out
 
     # --- origin side ---------------------------------------------------------------------
 
     def _own_job(self, job_id: int):
         job = self.store.get_job(job_id)
-        if job.state in states.FINAL_JOB_STATES:
+        # A failed job is not gone: a user may retry its frames.
+        if job.state in (states.DONE, states.CANCELLED):
             raise Gone(f"{self.server.job_url(job_id)} is {job.state}")
         return job
 
@@ -393,6 +483,12 @@ class Federation:
                            f"(it is {row.state}{' on ' + row.server if row.server else ''})")
         return row
 
+    def leased_to_or_done(self, sender: str, job_id: int, frame_id: int) -> None:
+        """Refuse an upload early unless it could be accepted (or is a harmless duplicate)."""
+        if self.store.frame(job_id, frame_id).state != states.DONE:
+            self._own_job(job_id)
+            self._leased_to(sender, job_id, frame_id)
+
     def renew(self, sender: str, job_id: int, frame_id: int) -> float:
         self._own_job(job_id)
         expires = time.time() + self.lease_timeout
@@ -400,10 +496,12 @@ class Federation:
         return expires
 
     def accept_log(self, sender: str, job_id: int, frame_id: int, text: str) -> None:
+        self._own_job(job_id)
         self._leased_to(sender, job_id, frame_id)
         self.server.append_log(job_id, frame_id, f"==== distren: log from {sender}\n{text}")
 
     def accept_failure(self, sender: str, job_id: int, frame_id: int, reason: str, text: str) -> None:
+        self._own_job(job_id)
         row = self._leased_to(sender, job_id, frame_id)
         self.server.append_log(job_id, frame_id, f"==== distren: failed on {sender}\n{text}")
         if row.attempts < self.server.settings.max_attempts:
@@ -419,6 +517,7 @@ class Federation:
         row = self.store.frame(job_id, frame_id)
         if row.state == states.DONE:
             return "already done"
+        self._own_job(job_id)  # a cancelled job takes no more results
         self._leased_to(sender, job_id, frame_id)
         jf = jobfile.loads(job.jobfile)
         files = self.check_frame_tar(jf, jf.frame(frame_id), job_id, tar)
@@ -437,7 +536,7 @@ class Federation:
 
     def check_frame_tar(self, jf: jobfile.JobFile, frame: jobfile.Frame, job_id: int, tar: Path) -> list[dict]:
         members = bundle.list_members(tar, bundle.Limits(members=1000, total_bytes=MAX_RESULT_BYTES))
-        backend = backends.get(jf.type)
+        backend = backends.get(frame.backend(jf.type))
         expected = backend.expected_files(jf, frame, self.store.scene_dir(job_id))
         missing = [n for n in expected if n not in members]
         if missing:

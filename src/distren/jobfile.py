@@ -43,7 +43,7 @@ MAX_SIDE = 16384
 MAX_XML_BYTES = 16 * 1024 * 1024
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
-_RESERVED_TYPES = frozenset({"resolution", "frames"})  # <job>'s own child elements
+_RESERVED_TYPES = frozenset({"resolution", "frames", "dep", "file"})  # element names taken by the format
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,11 @@ class Frame:
     deps: tuple[str, ...] = ()  # canonical: "frame/N" (this job) or an absolute frame URL
     server: str | None = None  # the server it is assigned to or was rendered by
     files: tuple[FileEntry, ...] = ()
+    type: str | None = None  # a backend other than the job's (a stitch or movie frame)
+    settings: dict[str, str] = field(default_factory=dict, compare=True)  # this frame's backend settings
+
+    def backend(self, job_type: str) -> str:
+        return self.type or job_type
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,12 @@ def loads(data: bytes | str) -> JobFile:
             if not _SHA_RE.fullmatch(sha):
                 raise JobFileError(f"{FILENAME}: {where} <file name={fn!r}> needs a sha256 of 64 hex digits")
             files.append(FileEntry(fn, _int_attr(fe, "size", f"{where} <file>", 0, 2**62), sha))
-        frames.append(Frame(rel, tuple(deps), server, tuple(files)))
+        ftype = fel.get("type")
+        if ftype is not None and (not _TYPE_RE.fullmatch(ftype) or ftype in _RESERVED_TYPES):
+            raise JobFileError(f"{FILENAME}: {where} type={ftype!r} is not a backend name")
+        fsettings = fel.find(ftype or jtype)
+        frames.append(Frame(rel, tuple(deps), server, tuple(files), ftype if ftype != jtype else None,
+                            dict(fsettings.attrib) if fsettings is not None else {}))
 
     return JobFile(
         type=jtype, width=width, height=height, frames=tuple(frames), settings=settings,
@@ -323,7 +333,11 @@ def dumps(jf: JobFile) -> bytes:
         fattrs = {"name": str(job_url.frame(f.id)) if job_url else f"frame/{f.id}"}
         if f.server:
             fattrs["server"] = f.server
+        if f.type:
+            fattrs["type"] = f.type
         fel = ET.SubElement(frames, "frame", fattrs)
+        if f.settings:
+            ET.SubElement(fel, f.backend(jf.type), dict(sorted(f.settings.items())))
         for d in f.deps:
             rel = urls.parse_relative_frame_id(d)
             dname = str(job_url.frame(rel)) if (rel is not None and job_url) else d

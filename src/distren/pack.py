@@ -9,7 +9,7 @@ frame's clock or file name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import bundle, jobfile, povini
@@ -19,6 +19,7 @@ from .errors import SceneError
 # Debian's /etc/povray/3.7/povray.ini; renderers always pass the job's size explicitly anyway.
 DEFAULT_WIDTH, DEFAULT_HEIGHT = 800, 600
 GENERATED_INI = "distren-generated.ini"
+DEFAULT_BLOCK = 32  # POV-Ray's render block size when the INI sets no +BS
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__"}
 MAX_SCENE_BYTES = 2 * 1024**3
 MAX_SCENE_FILES = 10_000
@@ -59,7 +60,8 @@ def _pick(folder: Path) -> Path:
 
 
 def prepare(source: Path, width: int | None = None, height: int | None = None,
-            frames: str | None = None) -> Packed:
+            frames: str | None = None, tiles: str | None = None, movie: bool = False,
+            chain: bool = False) -> Packed:
     source = Path(source)
     if not source.exists():
         raise SceneError(f"{source}: no such file or folder")
@@ -102,9 +104,63 @@ def prepare(source: Path, width: int | None = None, height: int | None = None,
     for label, v in (("width", w), ("height", h)):
         if not 1 <= v <= jobfile.MAX_SIDE:
             raise SceneError(f"--{label} {v}: must be between 1 and {jobfile.MAX_SIDE}")
-    jf = jobfile.JobFile(type=povray.NAME, width=w, height=h,
-                         frames=tuple(jobfile.Frame(i) for i in ids), settings={"ini": ini_name})
+    frames = [jobfile.Frame(i) for i in ids]
+    if tiles:
+        if opts.animated:
+            raise SceneError(f"--tiles {tiles}: {source.name} is an animation; tiles split one still image")
+        frames = tile_frames(tiles, w, h, opts)
+    if chain:
+        frames = [replace(f, deps=(f"frame/{prev.id}",)) if prev else f
+                  for prev, f in zip([None] + frames[:-1], frames)]
+    if movie:
+        if not opts.animated:
+            raise SceneError(f"--movie: {source.name} renders a still image; a movie needs an animation")
+        frames.append(movie_frame(frames, opts))
+    jf = jobfile.JobFile(type=povray.NAME, width=w, height=h, frames=tuple(frames), settings={"ini": ini_name})
     return Packed(jf, scene_dir, extra)
+
+
+def _splits(total: int, parts: int, block: int, what: str) -> list[int]:
+    """Tile edges on multiples of the render block: with antialiasing, only such edges give
+    tiles that stitch into exactly the full render (POV-Ray antialiases block by block)."""
+    edges = [min(total, round(total * k / parts / block) * block) for k in range(parts)] + [total]
+    if any(b <= a for a, b in zip(edges, edges[1:])):
+        raise SceneError(
+            f"--tiles: {total} px cannot be split into {parts} {what} whose edges fall on the {block}-px "
+            f"render block; use fewer {what}, a larger image, or a smaller block (+BS in the INI)"
+        )
+    return edges
+
+
+def tile_frames(spec: str, width: int, height: int, opts: povini.IniOptions) -> list[jobfile.Frame]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise SceneError(f"--tiles {spec!r}: use COLUMNSxROWS, e.g. 3x2")
+    cols, rows = int(m.group(1)), int(m.group(2))
+    block = opts.block_size or DEFAULT_BLOCK
+    xs = _splits(width, cols, block, "columns")
+    ys = _splits(height, rows, block, "rows")
+    final = opts.output_name(None)
+    stem = final.rsplit(".", 1)[0]
+    tiles = []
+    for r in range(rows):
+        for c in range(cols):
+            n = r * cols + c
+            region = f"{xs[c]},{ys[r]},{xs[c + 1]},{ys[r + 1]}"
+            tiles.append(jobfile.Frame(n, settings={"region": region, "output": f"{stem}.tile{n}.png"}))
+    stitch = jobfile.Frame(
+        len(tiles), deps=tuple(f"frame/{t.id}" for t in tiles), type="stitch",
+        settings={"output": final,
+                  "tiles": ";".join(f"{t.settings['output']}@{t.settings['region']}" for t in tiles)})
+    return tiles + [stitch]
+
+
+def movie_frame(frames: list[jobfile.Frame], opts: povini.IniOptions, fps: int = 24) -> jobfile.Frame:
+    stem = opts.output_name(None).rsplit(".", 1)[0]
+    return jobfile.Frame(
+        max(f.id for f in frames) + 1, deps=tuple(f"frame/{f.id}" for f in frames), type="movie",
+        settings={"output": f"{stem}.mp4", "fps": str(fps),
+                  "inputs": ";".join(opts.output_name(f.id) for f in frames)})
 
 
 def scene_members(packed: Packed) -> list[tuple[str, Path | bytes]]:
@@ -132,8 +188,12 @@ def scene_members(packed: Packed) -> list[tuple[str, Path | bytes]]:
 
 
 def pack(source: Path, output: Path, width: int | None = None, height: int | None = None,
-         frames: str | None = None) -> jobfile.JobFile:
-    packed = prepare(source, width, height, frames)
+         frames: str | None = None, tiles: str | None = None, movie: bool = False,
+         chain: bool = False) -> jobfile.JobFile:
+    """Write a bundle. ``tiles="CxR"`` splits a still into tile frames plus a stitch frame;
+    ``movie`` adds a frame that encodes the animation as an MP4; ``chain`` makes each frame
+    depend on the one before (for scenes that read the previous frame's image)."""
+    packed = prepare(source, width, height, frames, tiles, movie, chain)
     members = scene_members(packed)
     members.append((jobfile.FILENAME, packed.jobfile.to_xml()))
     bundle.write_tar(Path(output), members)

@@ -13,7 +13,7 @@ import signal
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import backends, bundle, jobfile, sandbox, states, urls
@@ -89,8 +89,8 @@ class Server:
             self.rebundle(job_id)
         self.federation.start()
         for job in self.store.list_jobs():  # peers may have missed these while we were down
-            if job.state not in states.FINAL_JOB_STATES:
-                self.federation.announce(job.id)
+            if job.state not in (states.DONE, states.CANCELLED):
+                self.federation.announce(job.id, again=True)
         for n in range(self.settings.slots):
             t = threading.Thread(target=self._slot, name=f"slot-{n}", daemon=True)
             t.start()
@@ -162,12 +162,10 @@ class Server:
                 raise BundleError(f"the bundle has no {SCENE_DIR}/ folder holding the scene; make one with `distren pack`")
             jf = jobfile.loads(bundle.read_member(upload, jobfile.FILENAME))
             jf.check_dependencies()
-            if any(f.deps for f in jf.frames):
-                raise JobFileError(
-                    f"{jobfile.FILENAME}: frame dependencies (<dep>) are not scheduled by this server yet; "
-                    "remove the <dep> elements or submit the frames as separate jobs"
-                )
+            self._check_foreign_deps(jf)
             backend = backends.get(jf.type)
+            for f in jf.frames:
+                backends.get(f.backend(jf.type))
             bundle.extract(upload, staged / "unpacked")
             os.replace(staged / "unpacked" / SCENE_DIR, staged / SCENE_DIR)
             shutil.rmtree(staged / "unpacked")
@@ -177,7 +175,8 @@ class Server:
             job_id = self.store.create_job(
                 str(submitter), jf.type, [f.id for f in jf.frames],
                 lambda jid: jf.absolute(self.job_url(jid), submitter).to_xml(),
-                staged, upload_key)
+                staged, upload_key,
+                lambda jid: [(f.id, str(urls.resolve_frame(d, self.job_url(jid)))) for f in jf.frames for d in f.deps])
         finally:
             upload.unlink(missing_ok=True)
             shutil.rmtree(staged, ignore_errors=True)
@@ -185,6 +184,21 @@ class Server:
         self.federation.announce(job_id)
         self._wake.set()
         return job_id
+
+    def _check_foreign_deps(self, jf: jobfile.JobFile) -> None:
+        """Dependencies on other jobs must name frames that exist: here, or on a known server."""
+        for f in jf.frames:
+            for target in jf.dependency_targets(f):
+                if isinstance(target, int):
+                    continue
+                where = f"{jobfile.FILENAME}: frame/{f.id} depends on {target}"
+                if target.server == self.url.name:
+                    try:
+                        self.store.frame(target.job_id, target.frame_id)
+                    except NotFound:
+                        raise JobFileError(f"{where}, which does not exist on this server") from None
+                else:
+                    self.federation.remote_frame_state(target, where)
 
     def wake(self) -> None:
         self._wake.set()
@@ -212,6 +226,9 @@ class Server:
                         "slots": p["slots"], "rendering": p["rendering"], "last_heard": p["last_heard"],
                         "self": False} for p in self.store.peers()]
 
+    def remove_peer(self, name: str) -> None:
+        self.store.remove_peer(urls.check_server_name(name))
+
     def add_peer(self, address: str) -> str:
         name = self.federation.introduce(address)
         self.federation.sync_once()
@@ -221,6 +238,7 @@ class Server:
         job = self.store.get_job(job_id)
         jf = jobfile.loads(job.jobfile)
         frames = self.store.frames(job_id)
+        by_id = {f.id: f for f in jf.frames}
         counts = {s: 0 for s in states.FRAME_STATES}
         for f in frames:
             counts[f.state] += 1
@@ -246,6 +264,8 @@ class Server:
                     "server": f.server,
                     "attempts": f.attempts,
                     "files": [x["name"] for x in f.files],
+                    "type": by_id[f.frame_id].backend(jf.type),
+                    "deps": [str(urls.resolve_frame(d, job_url)) for d in by_id[f.frame_id].deps],
                 }
                 for f in frames
             ],
@@ -340,7 +360,9 @@ class Server:
                     self._procs[key] = proc
 
             frame = jf.frame(key[2])
-            produced = backends.get(jf.type).render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
+            self._place_dependencies(jf, frame, workdir)
+            backend = backends.get(frame.backend(jf.type))
+            produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
             files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
                      for n in produced]
             bundle.write_tar(frame_tar, [(n, workdir / n) for n in produced])
@@ -349,6 +371,23 @@ class Server:
             with self._procs_lock:
                 self._procs.pop(key, None)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def _place_dependencies(self, jf: jobfile.JobFile, frame: jobfile.Frame, workdir: Path) -> None:
+        """Put the files of the frames this one depends on into its working folder, under
+        their own names, so that the scene (or the stitcher) can read them."""
+        for dep in frame.deps:
+            target = urls.resolve_frame(dep, jf.job_url)
+            if target.server == self.url.name:
+                tar = self.store.frame_tar(target.job_id, target.frame_id)
+                if self.store.frame(target.job_id, target.frame_id).state != states.DONE or not tar.exists():
+                    raise RenderError(f"dependency {target} is not done yet")
+            else:
+                tar = self.federation.fetch_frame_files(target)
+            unpacked = workdir / f".distren-dep-{secrets.token_hex(4)}"
+            for name in bundle.extract(tar, unpacked):
+                (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(unpacked / name, workdir / name)
+            shutil.rmtree(unpacked)
 
     def _render(self, job_id: int, frame_id: int) -> None:
         try:
@@ -427,8 +466,8 @@ class Server:
             jf = jobfile.loads(job.jobfile)
             by_id = {f.frame_id: f for f in frames}
             finished = jf.with_frames(
-                jobfile.Frame(f.id, f.deps, by_id[f.id].server,
-                              tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in by_id[f.id].files))
+                replace(f, server=by_id[f.id].server,
+                        files=tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in by_id[f.id].files))
                 for f in jf.frames)
             with atomic_open(self.store.result_path(job_id)) as raw:
                 with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
@@ -436,10 +475,12 @@ class Server:
                     data = finished.to_xml()
                     info.size = len(data)
                     out.addfile(info, io.BytesIO(data))
+                    names = {jobfile.FILENAME}
                     for f in frames:
                         with tarfile.open(self.store.frame_tar(job_id, f.frame_id)) as src:
                             for m in src:
-                                if m.isfile():
+                                if m.isfile() and m.name not in names:  # first frame to name a file wins
+                                    names.add(m.name)
                                     out.addfile(m, src.extractfile(m))
             self.store.mark_job_done(job_id)
         log.info("job %s done", self.job_url(job_id))

@@ -8,6 +8,7 @@ Frames: queued -> rendering -> done
                   rendering -> queued  (a retry, a lost lease, a restart, a cancelled render)
                   rendering -> failed  (out of attempts; the reason is the renderer's message)
                   failed    -> queued  (retried by a user)
+        queued -> blocked -> queued        (a frame it depends on failed / was retried)
 Jobs follow their frames (:func:`job_state_for`), except that cancelling is the user's call.
 """
 
@@ -18,15 +19,17 @@ from collections.abc import Mapping
 from .errors import Conflict
 
 QUEUED, RENDERING, DONE, FAILED, CANCELLED = "queued", "rendering", "done", "failed", "cancelled"
+BLOCKED = "blocked"
 
-FRAME_STATES = (QUEUED, RENDERING, DONE, FAILED)
+FRAME_STATES = (QUEUED, RENDERING, DONE, FAILED, BLOCKED)
 JOB_STATES = (QUEUED, RENDERING, DONE, FAILED, CANCELLED)
 FINAL_JOB_STATES = (DONE, FAILED, CANCELLED)
 
 FRAME_TRANSITIONS: Mapping[str, frozenset[str]] = {
-    QUEUED: frozenset({RENDERING}),
+    QUEUED: frozenset({RENDERING, BLOCKED}),
     RENDERING: frozenset({DONE, QUEUED, FAILED}),
     FAILED: frozenset({QUEUED}),
+    BLOCKED: frozenset({QUEUED}),
     DONE: frozenset(),
 }
 
@@ -57,8 +60,9 @@ def job_state_for(counts: Mapping[str, int]) -> str:
         return DONE
     if counts.get(RENDERING, 0) or (done and counts.get(QUEUED, 0)):
         return RENDERING
-    if counts.get(FAILED, 0) and not counts.get(QUEUED, 0):
+    stuck = counts.get(FAILED, 0) + counts.get(BLOCKED, 0)
+    if stuck and not counts.get(QUEUED, 0):
         return FAILED
-    if counts.get(FAILED, 0):
+    if stuck:
         return RENDERING
     return QUEUED

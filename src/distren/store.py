@@ -106,6 +106,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE frames ADD COLUMN lease_expires REAL;
     CREATE INDEX frames_by_lease ON frames(state, lease_expires);
     """,
+    # 3: dependencies. One row per <dep>: the frame that waits, the URL it waits for, and what
+    # is known of that target: 'waiting', 'done', or 'stuck' (failed, or blocked itself).
+    """
+    CREATE TABLE deps (
+        job_id INTEGER NOT NULL,
+        frame_id INTEGER NOT NULL,
+        dep TEXT NOT NULL,
+        target_state TEXT NOT NULL DEFAULT 'waiting',
+        PRIMARY KEY (job_id, frame_id, dep)
+    );
+    CREATE INDEX deps_by_target ON deps(dep, target_state);
+    """,
 ]
 
 
@@ -259,7 +271,8 @@ class Store:
     # --- jobs ----------------------------------------------------------------------------
 
     def create_job(self, submitter: str, jtype: str, frame_ids: list[int],
-                   make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None) -> int:
+                   make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None,
+                   make_deps: Callable[[int], list[tuple[int, str]]] = lambda job_id: []) -> int:
         """Insert a job and move its staged folder to ``jobs/ID`` in one transaction.
 
         If the process dies before COMMIT the id was never handed out (and is reused for the
@@ -276,12 +289,83 @@ class Store:
                            [(job_id, f, states.QUEUED, "submitted") for f in frame_ids])
             db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
                        (now, job_id, None, "", states.QUEUED, f"submitted by {submitter}"))
+            self._insert_deps(db, job_id, make_deps(job_id))
             dest = self.job_dir(job_id)
             if dest.exists():
                 shutil.rmtree(dest)
             os.replace(staged, dest)
         self._notify()
         return job_id
+
+    # --- dependencies ----------------------------------------------------------------------
+
+    def frame_url(self, job_id: int, frame_id: int) -> str:
+        return f"distren://{self.get_meta('name')}/job/{job_id}/frame/{frame_id}"
+
+    def _local_target(self, dep: str) -> tuple[int, int] | None:
+        prefix = f"distren://{self.get_meta('name')}/job/"
+        if not dep.startswith(prefix):
+            return None
+        job, _, frame = dep[len(prefix):].partition("/frame/")
+        return int(job), int(frame)
+
+    def _insert_deps(self, db, job_id: int, deps: list[tuple[int, str]]) -> None:
+        db.executemany("INSERT OR IGNORE INTO deps(job_id, frame_id, dep) VALUES(?,?,?)",
+                       [(job_id, f, d) for f, d in deps])
+        # Targets on this server may be finished (or stuck) already.
+        for _, dep in deps:
+            target = self._local_target(dep)
+            if target is None or target[0] == job_id:
+                continue
+            row = db.execute("SELECT f.state, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
+                             " WHERE f.job_id=? AND f.frame_id=?", target).fetchone()
+            if row is None:
+                continue
+            if row[0] == states.DONE:
+                self._dep_target_is(db, dep, "done", "")
+            elif row[0] in (states.FAILED, states.BLOCKED) or row[1] == states.CANCELLED:
+                self._dep_target_is(db, dep, "stuck", f"{dep} is {row[0] if row[1] != states.CANCELLED else 'cancelled'}")
+
+    def _dep_target_is(self, db, dep: str, target_state: str, reason: str) -> None:
+        """Record what became of ``dep`` and carry it through to the frames waiting for it:
+        a stuck target blocks them (and, in turn, their own dependents); a target that is no
+        longer stuck releases them when nothing else holds them."""
+        todo = [(dep, target_state, reason)]
+        touched_jobs: set[int] = set()
+        while todo:
+            url, tstate, why = todo.pop()
+            db.execute("UPDATE deps SET target_state=? WHERE dep=?", (tstate, url))
+            waiting = db.execute("SELECT d.job_id, d.frame_id, f.state FROM deps d JOIN frames f"
+                                 " ON f.job_id=d.job_id AND f.frame_id=d.frame_id WHERE d.dep=?", (url,)).fetchall()
+            for job_id, frame_id, fstate in waiting:
+                if tstate == "stuck" and fstate == states.QUEUED:
+                    self._frame_to(db, job_id, frame_id, states.BLOCKED, f"blocked: {why}")
+                    todo.append((self.frame_url(job_id, frame_id), "stuck", f"{self.frame_url(job_id, frame_id)} is blocked"))
+                    touched_jobs.add(job_id)
+                elif tstate != "stuck" and fstate == states.BLOCKED:
+                    still = db.execute("SELECT 1 FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
+                                       (job_id, frame_id)).fetchone()
+                    if still is None:
+                        self._frame_to(db, job_id, frame_id, states.QUEUED, f"unblocked: {url} {why or tstate}")
+                        todo.append((self.frame_url(job_id, frame_id), "waiting", ""))
+                        touched_jobs.add(job_id)
+        for job_id in touched_jobs:
+            self._follow_frames(db, job_id, "dependencies changed")
+
+    def set_remote_dep(self, dep: str, target_state: str, reason: str) -> None:
+        with self._tx() as db:
+            self._dep_target_is(db, dep, target_state, reason)
+        self._notify()
+
+    def remote_deps_pending(self) -> list[str]:
+        """Dependencies on other servers' frames that are not known to be done."""
+        prefix = f"distren://{self.get_meta('name')}/"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT d.dep FROM deps d JOIN jobs j ON j.id=d.job_id"
+                " WHERE d.target_state!='done' AND j.state NOT IN (?,?)",
+                (states.DONE, states.CANCELLED)).fetchall()
+        return [r[0] for r in rows if not r[0].startswith(prefix)]
 
     def job_for_upload_key(self, submitter: str, key: str) -> int | None:
         with self._lock:
@@ -372,7 +456,9 @@ class Store:
             args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
             row = db.execute(
                 "SELECT f.job_id, f.frame_id FROM frames f JOIN jobs j ON j.id=f.job_id"
-                f" WHERE f.state=? AND j.state IN (?,?) {only} ORDER BY f.job_id, f.frame_id LIMIT 1",
+                f" WHERE f.state=? AND j.state IN (?,?) {only}"
+                " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
+                " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
                 args).fetchone()
             if row is None:
                 return None
@@ -389,6 +475,7 @@ class Store:
         with self._tx() as db:
             self._frame_to(db, job_id, frame_id, states.DONE, f"rendered by {server}", server=server,
                            files=json.dumps(files, sort_keys=True), finished=time.time(), lease_expires=None)
+            self._dep_target_is(db, self.frame_url(job_id, frame_id), "done", "done")
             self._follow_frames(db, job_id, f"frame {frame_id} done")
             left = db.execute("SELECT COUNT(*) FROM frames WHERE job_id=? AND state!=?",
                               (job_id, states.DONE)).fetchone()[0]
@@ -404,6 +491,8 @@ class Store:
     def fail_frame(self, job_id: int, frame_id: int, reason: str) -> None:
         with self._tx() as db:
             self._frame_to(db, job_id, frame_id, states.FAILED, reason, finished=time.time())
+            url = self.frame_url(job_id, frame_id)
+            self._dep_target_is(db, url, "stuck", f"{url} failed: {reason}")
             self._follow_frames(db, job_id, f"frame {frame_id} failed: {reason}")
         self._notify()
 
@@ -411,7 +500,12 @@ class Store:
         with self._tx() as db:
             if db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0] == states.CANCELLED:
                 raise Conflict(f"job {job_id} is cancelled; submit it again instead")
+            stuck = [r[0] for r in db.execute("SELECT dep FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
+                                              (job_id, frame_id))]
+            if stuck:
+                raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
             self._frame_to(db, job_id, frame_id, states.QUEUED, f"retried by {by}", attempts=0, server=None)
+            self._dep_target_is(db, self.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
             self._follow_frames(db, job_id, f"frame {frame_id} retried by {by}")
         self._notify()
 
@@ -428,6 +522,10 @@ class Store:
             if row[0] in (states.DONE, states.CANCELLED):
                 raise Conflict(f"job {job_id} is already {row[0]}; nothing to cancel")
             self._job_to(db, job_id, states.CANCELLED, f"cancelled by {by}")
+            for (frame_id,) in db.execute("SELECT frame_id FROM frames WHERE job_id=? AND state!=?",
+                                          (job_id, states.DONE)).fetchall():
+                url = self.frame_url(job_id, frame_id)
+                self._dep_target_is(db, url, "stuck", f"{url}: its job was cancelled")
         self._notify()
 
     def renew_lease(self, job_id: int, frame_id: int, server: str, expires: float) -> None:
@@ -470,10 +568,16 @@ class Store:
             if row[0] != public_key:
                 raise Conflict(
                     f"server {name!r} presented a different key than the one pinned on first contact; "
-                    "refusing it. If its key really changed, remove the peer and add it again."
+                    "refusing it. If its key really changed, `distren peers remove NAME`, then add it again."
                 )
             db.execute("UPDATE peers SET address=?, last_heard=? WHERE name=?", (address, time.time(), name))
             return False
+
+    def remove_peer(self, name: str) -> None:
+        """Forget a peer and its pinned key (the next hello pins a new one)."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM peers WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"no peer named {name!r}; `distren servers` lists them")
 
     def peer_key(self, name: str) -> str | None:
         with self._lock:
@@ -518,7 +622,12 @@ class Store:
             rows = self._db.execute(
                 "SELECT body, active FROM announcements" + (" WHERE active=1" if active_only else "")
                 + " ORDER BY received").fetchall()
-        return [dict(json.loads(r[0]), active=bool(r[1])) for r in rows]
+        return [json.loads(r[0]) for r in rows]  # as their origin signed them
+
+    def forget_announcement(self, job: str) -> None:
+        """Stop considering a job whose origin says it is gone (the signed record stays)."""
+        with self._tx() as db:
+            db.execute("UPDATE announcements SET active=0 WHERE job=?", (job,))
 
     def frames_leased_to(self, server: str) -> list[tuple[int, int]]:
         with self._lock:
@@ -534,7 +643,7 @@ class Store:
                 raise NotFound(f"no job {job_id} on this server")
             if row[0] not in states.FINAL_JOB_STATES:
                 raise Conflict(f"job {job_id} is {row[0]}; cancel it before deleting it")
-            for table, col in (("events", "job_id"), ("frames", "job_id"), ("jobs", "id")):
+            for table, col in (("events", "job_id"), ("deps", "job_id"), ("frames", "job_id"), ("jobs", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
         self._notify()
 

@@ -69,13 +69,14 @@ class Transport:
         raise AssertionError("unreachable")
 
     def call(self, method: str, base: str, path: str, body=None, retries: int = 2,
-             timeout: float | None = None) -> httpx.Response:
-        """A signed call with a small JSON (or empty) body; raises the remote error, if any."""
-        data = b"" if body is None else jsonlib.dumps(body, sort_keys=True).encode()
+             timeout: float | None = None, to: str = "") -> httpx.Response:
+        """A signed call, for server ``to``, with a small JSON (or empty) body; raises the
+        remote error, if any."""
+        data = b"" if body is None else jsonlib.dumps(body, sort_keys=True, ensure_ascii=False).encode()
         digest = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
 
         def attempt():
-            headers = self.identity.sign_request(method, path, digest)  # fresh nonce every try
+            headers = self.identity.sign_request(method, path, digest, to=to)  # fresh nonce every try
             if data:
                 headers["Content-Type"] = "application/json"
             return self.http.request(method, base + path, content=data, headers=headers,
@@ -85,12 +86,12 @@ class Transport:
         _raise_for(resp, f"{method} {base}{path}")
         return resp
 
-    def upload(self, base: str, path: str, src: Path, retries: int = 30) -> httpx.Response:
+    def upload(self, base: str, path: str, src: Path, retries: int = 30, to: str = "") -> httpx.Response:
         """PUT a file, streamed; its digest is signed and sent so the receiver can check it."""
         digest = sha256_file(src)
 
         def attempt():
-            headers = self.identity.sign_request("PUT", path, digest)
+            headers = self.identity.sign_request("PUT", path, digest, to=to)
             headers["X-Content-SHA256"] = digest
             headers["Content-Type"] = "application/x-tar"
             with open(src, "rb") as f:
@@ -101,17 +102,20 @@ class Transport:
         return resp
 
     def download(self, base: str, path: str, dest: Path, sha256: str | None, retries: int = 5,
-                 limit: int | None = None) -> str:
+                 limit: int | None = 64 * 1024**3, to: str = "") -> str:
         """GET a file, streamed to ``dest`` atomically; verify its SHA-256. Returns the digest."""
         what = f"download of {base}{path}"
         delay = 0.2
         for n in range(retries + 1):
             try:
-                headers = self.identity.sign_request("GET", path)
+                headers = self.identity.sign_request("GET", path, to=to)
                 with self.http.stream("GET", base + path, headers=headers) as resp:
-                    if resp.status_code >= 400 and resp.status_code < 500:
+                    if 400 <= resp.status_code < 500:
                         resp.read()
-                        _raise_for(resp, what)
+                        try:
+                            _raise_for(resp, what)
+                        except DistrenError as e:
+                            raise _Final(str(e)) from None
                     if resp.status_code >= 500:
                         raise DistrenError(f"{what}: HTTP {resp.status_code}")
                     got, _ = atomic_write_stream(dest, resp.iter_bytes(CHUNK), limit)
@@ -119,13 +123,19 @@ class Transport:
                     dest.unlink(missing_ok=True)
                     raise BundleError(f"{what}: content hash {got[:12]}... is not the announced {sha256[:12]}...")
                 return got
-            except (httpx.TransportError, BundleError, DistrenError) as e:
-                if isinstance(e, (NotFound, Conflict, Gone, SignatureError)) or n == retries:
+            except ValueError as e:  # over the size limit
+                raise BundleError(f"{what}: {e}") from None
+            except (httpx.TransportError, DistrenError) as e:
+                if isinstance(e, _Final) or n == retries:
                     raise
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+
+class _Final(DistrenError):
+    """A 4xx answer to a download: asking again will not help."""
 
 
 def _chunks(f) -> Iterator[bytes]:

@@ -25,9 +25,9 @@ class Backend(Protocol):
 
 
 def get(name: str) -> Backend:
-    from . import povray
+    from . import povray, stitch
 
-    backends = {povray.NAME: povray.PovrayBackend()}
+    backends = {povray.NAME: povray.PovrayBackend(), "stitch": stitch.StitchBackend(), "movie": stitch.MovieBackend()}
     try:
         return backends[name]
     except KeyError:

@@ -48,6 +48,17 @@ def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
     return opts
 
 
+def parse_region(text: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """``x0,y0,x1,y1`` in pixels, x1/y1 exclusive, inside the image."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in text.split(","))
+    except ValueError:
+        raise JobFileError(f"distrenjob.xml: region={text!r}: expected x0,y0,x1,y1 in pixels") from None
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise JobFileError(f"distrenjob.xml: region={text!r} is not inside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
 def error_summary(log_text: str) -> str:
     """POV-Ray's own error message out of its log: the 'File ... line N: ... Error' lines."""
     lines: list[str] = []
@@ -80,15 +91,21 @@ class PovrayBackend:
         if not ini:
             raise JobFileError('distrenjob.xml: <povray> needs an ini="NAME.ini" attribute naming the scene\'s INI')
         opts = read_ini(scene_dir, ini)
-        if not opts.animated:
-            if [f.id for f in jf.frames] != [STILL_FRAME]:
+        own = [f for f in jf.frames if f.backend(jf.type) == NAME]
+        if not opts.animated and not all(f.settings.get("region") for f in own):
+            if [f.id for f in own] != [STILL_FRAME]:
                 raise JobFileError(
                     f"distrenjob.xml: scene/{ini} renders a still image (it sets no Initial_Frame/Final_Frame), "
-                    f"so the job must have exactly one frame, frame/{STILL_FRAME}"
+                    f"so the job must have exactly one frame, frame/{STILL_FRAME}, or tiles"
                 )
+        for f in own:
+            if f.settings.get("region"):
+                parse_region(f.settings["region"], jf.width, jf.height)
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[str]:
         """The files a frame's tarball must hold: the image POV-Ray writes for it."""
+        if frame.settings.get("output"):
+            return [frame.settings["output"]]
         opts = read_ini(scene_dir, jf.settings.get("ini", ""))
         return [opts.output_name(frame.id if opts.animated else None)]
 
@@ -96,6 +113,11 @@ class PovrayBackend:
         argv = [POVRAY, jf.settings["ini"], f"+W{jf.width}", f"+H{jf.height}"]
         if opts.animated:
             argv += [f"+SF{frame.id}", f"+EF{frame.id}"]
+        if frame.settings.get("region"):
+            # A tile: POV-Ray's partial render writes the full-size image, black outside the
+            # region, under the tile's own name so that tiles do not collide.
+            x0, y0, x1, y1 = parse_region(frame.settings["region"], jf.width, jf.height)
+            argv += [f"+SC{x0 + 1}", f"+EC{x1}", f"+SR{y0 + 1}", f"+ER{y1}", f"+O{frame.settings['output']}", "+FN"]
         return argv + ["-D", "-P"]
 
     def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float,
@@ -125,7 +147,7 @@ class PovrayBackend:
         if proc.returncode < 0:
             raise RenderError(f"POV-Ray was stopped by signal {-proc.returncode}")
         produced = [name for name, stamp in _snapshot(workdir).items() if before.get(name) != stamp]
-        expected = opts.output_name(frame.id if opts.animated else None)
+        expected = frame.settings.get("output") or opts.output_name(frame.id if opts.animated else None)
         # POV-Ray 3.7 can exit 0 after "Render failed"; the image is the truth.
         if proc.returncode != 0 or "Render failed" in text or expected not in produced:
             summary = error_summary(text)
