@@ -119,11 +119,12 @@ def test_cycles_and_unknown_dependencies_are_refused(trio, tmp_path):
     assert "job" not in a.cli("jobs").stdout.split("submitter")[-1]
 
 
-def test_failed_dependency_blocks_dependents_until_retried(trio, tmp_path):
+def test_failed_dependency_blocks_dependents_until_retried(start_server, tmp_path):
     """Frame 2 fails (its scene reads a file that is missing); frames 3-6 chain on it and are
     blocked with the reason. Once the file exists (the frame is fixed) and frame 2 is retried,
     the job completes."""
-    a, b, c = trio
+    a = start_server("a", "--slots", "0")
+    b = start_server("b", "--slots", "1", "--peer", a.http)
     scene = tmp_path / "flaky"
     scene.mkdir()
     (scene / "flaky.ini").write_text("Input_File_Name=flaky.pov\nInitial_Frame=1\nFinal_Frame=4\n")
@@ -139,11 +140,10 @@ def test_failed_dependency_blocks_dependents_until_retried(trio, tmp_path):
     assert states_[4][0] == "blocked" and f"{url}/frame/3 is blocked" in states_[4][1]
     res = a.cli("retry", f"{url}/frame/3", check=False)
     assert res.returncode == 1 and "retry that instead" in res.stderr
-    # Fix the frame: the job's own copy of the scene gets the file it needs.
-    (a.data / "jobs" / url.rsplit("/", 1)[1] / "scene" / "needed.txt").write_text("here\n")
-    for r in (b, c):  # renderers cached the bundle: fix their copies too
-        for d in (r.data / "cache" / "scenes").glob("*"):
-            (d / "needed.txt").write_text("here\n")
+    # Fix the cause where the frame renders: b's copy of the scene gets the file.
+    scenes = list((b.data / "cache" / "scenes").glob("*"))
+    assert len(scenes) == 1
+    (scenes[0] / "needed.txt").write_text("here\n")
     a.cli("retry", f"{url}/frame/2")
     a.cli("wait", url, "--timeout", "60")
     assert all(f["state"] == "done" for f in status(a, url)["frames"])

@@ -279,6 +279,12 @@ class Store:
         next job, so a leftover folder of that id is stale and replaced)."""
         with self._tx() as db:
             now = time.time()
+            if upload_key is not None:
+                # The same upload again (a client retrying one still in flight): the same job.
+                row = db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?",
+                                 (submitter, upload_key)).fetchone()
+                if row is not None:
+                    return row[0]
             cur = db.execute(
                 "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
                 " VALUES(?,?,?,?,?,?,?,?)",
@@ -412,10 +418,15 @@ class Store:
 
     # --- the state machine ---------------------------------------------------------------
 
-    def _frame_to(self, db, job_id: int, frame_id: int, new: str, reason: str, **cols) -> None:
+    def _frame_to(self, db, job_id: int, frame_id: int, new: str, reason: str,
+                  only_from: str | None = None, **cols) -> None:
+        """Move a frame to ``new`` (``only_from``: and only from that state, where the move
+        means something narrower than the table allows, e.g. a retry is only of a failed frame)."""
         row = db.execute("SELECT state FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} has no frame {frame_id}")
+        if only_from is not None and row[0] != only_from:
+            raise Conflict(f"frame {frame_id} of job {job_id} is {row[0]}, not {only_from}")
         states.check_frame(row[0], new, f"frame {frame_id} of job {job_id}")
         sets = ", ".join(f"{k}=?" for k in cols)
         db.execute(f"UPDATE frames SET state=?, reason=?{', ' + sets if sets else ''} WHERE job_id=? AND frame_id=?",
@@ -423,8 +434,14 @@ class Store:
         db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
                    (time.time(), job_id, frame_id, row[0], new, reason))
 
+    def _job_state(self, db, job_id: int) -> str:
+        row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no job {job_id} on this server; `distren jobs` lists the jobs it has")
+        return row[0]
+
     def _job_to(self, db, job_id: int, new: str, reason: str) -> None:
-        old = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        old = self._job_state(db, job_id)
         if old == new:
             return
         states.check_job(old, new, f"job {job_id}")
@@ -484,7 +501,8 @@ class Store:
 
     def requeue_frame(self, job_id: int, frame_id: int, reason: str) -> None:
         with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, server=None, lease_expires=None)
+            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, only_from=states.RENDERING,
+                           server=None, lease_expires=None)
             self._follow_frames(db, job_id, f"frame {frame_id}: {reason}")
         self._notify()
 
@@ -498,13 +516,14 @@ class Store:
 
     def retry_frame(self, job_id: int, frame_id: int, by: str) -> None:
         with self._tx() as db:
-            if db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0] == states.CANCELLED:
+            if self._job_state(db, job_id) == states.CANCELLED:
                 raise Conflict(f"job {job_id} is cancelled; submit it again instead")
             stuck = [r[0] for r in db.execute("SELECT dep FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
                                               (job_id, frame_id))]
             if stuck:
                 raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
-            self._frame_to(db, job_id, frame_id, states.QUEUED, f"retried by {by}", attempts=0, server=None)
+            self._frame_to(db, job_id, frame_id, states.QUEUED, f"retried by {by}", only_from=states.FAILED,
+                           attempts=0, server=None)
             self._dep_target_is(db, self.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
             self._follow_frames(db, job_id, f"frame {frame_id} retried by {by}")
         self._notify()
