@@ -19,7 +19,7 @@ import hashlib
 import json
 
 from . import __version__, bundle, identity
-from .errors import BundleError, DistrenError
+from .errors import BundleError, Conflict, DistrenError, Unauthorized
 from .service import Server
 
 log = logging.getLogger("distren.api")
@@ -47,8 +47,6 @@ def create_app(server: Server) -> FastAPI:
 
     def admin(u: tuple[str, bool] = Depends(user)) -> tuple[str, bool]:
         if not u[1]:
-            from .errors import Unauthorized
-
             raise Unauthorized(f"user {u[0]!r} is not an admin; ask the server's admin to do this")
         return u
 
@@ -203,8 +201,6 @@ def create_app(server: Server) -> FastAPI:
     async def fed_frame_files(job_id: int, frame_id: int, request: Request):
         await signed(request)
         if server.store.frame(job_id, frame_id).state != "done":
-            from .errors import Conflict
-
             raise Conflict(f"frame {frame_id} of job {job_id} is not done")
         return FileResponse(server.store.frame_tar(job_id, frame_id), media_type="application/x-tar")
 
@@ -258,9 +254,7 @@ def create_app(server: Server) -> FastAPI:
     def add_user(body: dict, u=Depends(admin)):
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str):
-            from .errors import DistrenError as E
-
-            raise E('send {"name": "USER"}')
+            raise DistrenError('send {"name": "USER"}')
         token = server.add_user(name)
         return {"user": str(server.url.user(name)), "token": token}
 

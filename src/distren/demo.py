@@ -92,7 +92,7 @@ def run(output: Path) -> None:
                 procs.append(start_server(name, tmp / name, ports[name], "--slots", SLOTS_EACH, *peer,
                                           log=output / f"{name}.log"))
                 err.print(f"server distren://{name}/ is up on http://127.0.0.1:{ports[name]}"
-                          + (f", peered with distren://alpha/" if peer else ""))
+                          + (", peered with distren://alpha/" if peer else ""))
             token = (tmp / "alpha" / "admin.token").read_text().strip()
             with Client(origin, token) as client:
                 _wait_for_peers(client, len(SERVERS))

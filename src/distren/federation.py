@@ -16,8 +16,10 @@ The protocol is written down in docs/protocol.md; this module is both of its sid
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import os
 import shutil
 import tarfile
@@ -51,8 +53,6 @@ IMAGE_SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg"}  # what Pillo
 
 def check_address(address: str) -> str:
     """A peer's address is dialled automatically: accept only plain http(s)://HOST[:PORT]."""
-    import re
-
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", address):
         raise DistrenError(f"invalid server address {address!r}: expected http(s)://HOST[:PORT]")
     return address
@@ -542,8 +542,6 @@ class Federation:
         if missing:
             raise BundleError(f"the frame's tarball lacks {', '.join(missing)}")
         files = []
-        import hashlib
-
         with tarfile.open(tar) as t:
             for m in t:
                 if not m.isfile():

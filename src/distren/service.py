@@ -19,7 +19,7 @@ from pathlib import Path
 from . import backends, bundle, jobfile, sandbox, states, urls
 from .federation import Federation, RemoteWork
 from .identity import Identity
-from .errors import BundleError, Conflict, DistrenError, JobFileError, NotFound, RenderError
+from .errors import BundleError, Conflict, DistrenError, JobFileError, NotFound, RenderError, Unauthorized
 from .fsutil import atomic_open, atomic_write, sha256_file
 from .store import Store
 
@@ -118,8 +118,6 @@ class Server:
     # --- users ---------------------------------------------------------------------------
 
     def authenticate(self, token: str | None) -> tuple[str, bool]:
-        from .errors import Unauthorized
-
         if not token:
             raise Unauthorized(
                 "no token: pass --token or set DISTREN_TOKEN (a server's first admin token is in "
