@@ -102,7 +102,7 @@ def test_server_started_after_the_announcement_learns_of_it_through_a_relay(star
     b = start_server("b", "--slots", "1", "--peer", a.http)
     url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-12"))
     wait_for(lambda: status(a, url)["counts"]["rendering"], what="b to start")
-    late = start_server("late", "--slots", "1", "--peer", b.http)  # never peered with a directly
+    start_server("late", "--slots", "1", "--peer", b.http)  # never peered with a directly
     a.cli("wait", url, "--timeout", "120")
     servers = {f["server"] for f in status(a, url)["frames"]}
     assert "distren://late/" in servers, servers
@@ -128,7 +128,6 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
     assert r.status_code == 401 and "unknown server 'mallory'" in r.json()["error"]
 
     tester = Identity.load_or_create("tester", a.data.parent / "t.key")
-    from distren.identity import b64
     import time as _t
 
     def hello(ident):
