@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
@@ -175,15 +176,23 @@ def create_app(server: Server) -> FastAPI:
         server.store.peer_heard(sender)
         return fed.state()
 
-    @app.post("/fed/jobs/{job_id}/lease")
-    async def lease(job_id: int, request: Request):
-        sender, _ = await signed(request)
-        granted = fed.grant_lease(sender, job_id)
+    async def lease(request: Request):
+        # The busiest call a server answers (every idle slot of every peer asks), so it is a
+        # plain Starlette route: no FastAPI parameter machinery between the socket and the work.
+        try:
+            job_id = int(request.path_params["job_id"])
+            sender, _ = await signed(request)
+            granted = fed.grant_lease(sender, job_id)
+        except DistrenError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         if granted is None:
             return Response(status_code=204)
         xml, sha, expires = granted
         return Response(xml, media_type="application/xml",
-                        headers={"X-Distren-Bundle-SHA256": sha, "X-Distren-Lease-Expires": f"{expires:.3f}"})
+                        headers={"X-Distren-Bundle-SHA256": sha, "X-Distren-Lease-Expires": f"{expires:.3f}",
+                                 "X-Distren-Now": f"{time.time():.3f}"})
+
+    app.router.add_route("/fed/jobs/{job_id:int}/lease", lease, methods=["POST"])
 
     @app.get("/fed/jobs/{job_id}/bundle")
     async def job_bundle(job_id: int, request: Request):
@@ -207,7 +216,8 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
     async def renew(job_id: int, frame_id: int, request: Request):
         sender, _ = await signed(request)
-        return {"expires": fed.renew(sender, job_id, frame_id)}
+        expires = fed.renew(sender, job_id, frame_id)
+        return JSONResponse({"expires": expires}, headers={"X-Distren-Now": f"{time.time():.3f}"})
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/log")
     async def remote_log(job_id: int, frame_id: int, request: Request):

@@ -80,7 +80,7 @@ class RemoteWork:
     job: urls.JobURL
     jf: jobfile.JobFile
     bundle_sha256: str
-    expires: float
+    expires: float  # on this server's clock
     scene_dir: Path | None = None
     lost: threading.Event = field(default_factory=threading.Event)
 
@@ -111,6 +111,7 @@ class Federation:
         self._result_lock = threading.Lock()
         self._cache_locks: dict[str, threading.Lock] = {}
         self._cache = server.settings.data / "cache"
+        self._frame_sha: dict[tuple[int, int], str] = {}
 
     @property
     def name(self) -> str:
@@ -355,7 +356,12 @@ class Federation:
         sha, expires = resp.headers.get("X-Distren-Bundle-SHA256"), resp.headers.get("X-Distren-Lease-Expires")
         if jf.name != str(job) or len(jf.frames) != 1 or not sha or not expires:
             raise DistrenError(f"{address} answered a lease for {job} with something else than one frame of it")
-        return RemoteWork(job.server, address, job, jf, sha, float(expires))
+        try:  # the lease's length by the origin's clock, turned into an expiry on ours
+            now = resp.headers.get("X-Distren-Now")
+            granted = float(expires) - (float(now) if now else time.time())
+        except ValueError:
+            raise DistrenError(f"{address} answered a lease with a malformed expiry {expires!r}") from None
+        return RemoteWork(job.server, address, job, jf, sha, time.time() + granted)
 
     def scene_for(self, work: RemoteWork) -> Path:
         """The job's scene, fetched once per bundle (cached by content hash) and verified."""
@@ -382,14 +388,22 @@ class Federation:
             try:
                 resp = self.transport.call("POST", work.address, work.path + "/renew", retries=0, timeout=5,
                                            to=work.origin)
-                interval = max(0.2, (float(resp.json()["expires"]) - time.time()) / 3)
+                # What the origin granted, measured on our clock (clocks may differ).
+                interval = max(0.2, self._granted(resp) / 3)
             except (Conflict, Gone, NotFound, SignatureError) as e:
                 log.warning("lost the lease on %s/frame/%s: %s", work.job, work.frame.id, e)
                 work.lost.set()
                 on_lost()
                 return
-            except DistrenError:
-                pass  # origin down: keep rendering, it extends leases when it comes back
+            except (DistrenError, ValueError, KeyError):
+                pass  # origin down (or a garbled answer): keep rendering; it extends leases when back
+
+    @staticmethod
+    def _granted(resp) -> float:
+        """Seconds of lease the origin granted: its expiry less its own clock (X-Distren-Now)."""
+        expires = float(resp.json()["expires"])
+        sent = resp.headers.get("X-Distren-Now")
+        return expires - (float(sent) if sent else time.time())
 
     def deliver(self, work: RemoteWork, frame_tar: Path, log_text: str) -> None:
         self.transport.call("POST", work.address, work.path + "/log", {"log": _tail(log_text)},
@@ -452,8 +466,11 @@ class Federation:
         row = self.store.frame(job_id, frame_id)
         out = {"url": self.store.frame_url(job_id, frame_id), "state": row.state, "reason": row.reason,
                "job_state": job.state, "server": row.server}
-        if row.state == states.DONE:
-            out["sha256"] = sha256_file(self.store.frame_tar(job_id, frame_id))
+        if row.state == states.DONE:  # a done frame never changes: hash its tarball once
+            key = (job_id, frame_id)
+            if key not in self._frame_sha:
+                self._frame_sha[key] = sha256_file(self.store.frame_tar(job_id, frame_id))
+            out["sha256"] = self._frame_sha[key]
         return out
 
     # --- origin side ---------------------------------------------------------------------
@@ -466,14 +483,14 @@ class Federation:
         return job
 
     def grant_lease(self, sender: str, job_id: int) -> tuple[bytes, str, float] | None:
-        job = self._own_job(job_id)
         expires = time.time() + self.lease_timeout
         renderer = str(urls.ServerURL(sender))
         claim = self.store.claim_frame(renderer, job_id, lease_expires=expires)
         if claim is None:
+            self._own_job(job_id)  # gone or unknown: say so; otherwise nothing is ready
             return None
-        jf = jobfile.loads(job.jobfile)
-        one = jf.with_frames([replace(jf.frame(claim[1]), server=renderer)])
+        jf, frames = self.server.jobfile(job_id)
+        one = jf.with_frames([replace(frames[claim[1]], server=renderer)])
         return one.to_xml(), self.server.bundle_sha256(job_id), expires
 
     def _leased_to(self, sender: str, job_id: int, frame_id: int):
@@ -513,14 +530,13 @@ class Federation:
     def accept_result(self, sender: str, job_id: int, frame_id: int, tar: Path) -> str:
         """Check an uploaded frame tarball and mark the frame done. Idempotent: a frame that is
         already done stays exactly as it is."""
-        job = self.store.get_job(job_id)
         row = self.store.frame(job_id, frame_id)
         if row.state == states.DONE:
             return "already done"
         self._own_job(job_id)  # a cancelled job takes no more results
         self._leased_to(sender, job_id, frame_id)
-        jf = jobfile.loads(job.jobfile)
-        files = self.check_frame_tar(jf, jf.frame(frame_id), job_id, tar)
+        jf, frames = self.server.jobfile(job_id)
+        files = self.check_frame_tar(jf, frames[frame_id], job_id, tar)
         with self._result_lock:
             row = self.store.frame(job_id, frame_id)
             if row.state == states.DONE:

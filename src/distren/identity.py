@@ -17,6 +17,7 @@ kept, persistently, for longer than the window), so a captured request cannot be
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import secrets
@@ -83,9 +84,14 @@ def canonical(method: str, path: str, body_sha256: str, ts: str, nonce: str, to:
     return "\n".join([method.upper(), path, body_sha256, ts, nonce, to]).encode()
 
 
+@functools.lru_cache(maxsize=1024)
+def _verify_key(public_b64: str) -> VerifyKey:
+    return VerifyKey(unb64(public_b64))
+
+
 def verify(public_b64: str, data: bytes, signature_b64: str) -> None:
     try:
-        VerifyKey(unb64(public_b64)).verify(data, unb64(signature_b64))
+        _verify_key(public_b64).verify(data, unb64(signature_b64))
     except (BadSignatureError, ValueError):
         raise SignatureError("bad signature") from None
 

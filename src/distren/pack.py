@@ -137,6 +137,9 @@ def tile_frames(spec: str, width: int, height: int, opts: povini.IniOptions) -> 
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
         raise SceneError(f"--tiles {spec!r}: use COLUMNSxROWS, e.g. 3x2")
     cols, rows = int(m.group(1)), int(m.group(2))
+    if (opts.file_type or "n")[:1].lower() != "n":
+        raise SceneError(f"--tiles: the INI writes {opts.file_type!r} images; tiles are stitched into PNG only "
+                         "(remove Output_File_Type / +F from the INI)")
     block = opts.block_size or DEFAULT_BLOCK
     xs = _splits(width, cols, block, "columns")
     ys = _splits(height, rows, block, "rows")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import backends, bundle, jobfile, sandbox, states, urls
-from .federation import Federation, RemoteWork
+from .federation import Federation, RemoteWork, check_address
 from .identity import Identity
 from .errors import BundleError, Conflict, DistrenError, JobFileError, NotFound, RenderError, Unauthorized
 from .fsutil import atomic_open, atomic_write, sha256_file
@@ -62,6 +62,8 @@ class Server:
         self._rotation = 0
         self._rotation_lock = threading.Lock()
         self._bundle_sha: dict[int, str] = {}
+        self._jobfiles: dict[int, tuple[jobfile.JobFile, dict[int, jobfile.Frame]]] = {}
+        check_address(settings.advertise)
         self.identity = Identity.load_or_create(self.url.name, settings.data / "server.key")
         self.federation = Federation(self, self.identity, settings.advertise, settings.lease_timeout,
                                      settings.peers)
@@ -161,9 +163,10 @@ class Server:
             jf = jobfile.loads(bundle.read_member(upload, jobfile.FILENAME))
             jf.check_dependencies()
             self._check_foreign_deps(jf)
-            backend = backends.get(jf.type)
+            backend = backends.for_job(jf.type)
             for f in jf.frames:
-                backends.get(f.backend(jf.type))
+                if f.type:
+                    backends.get(f.type).check_frame(jf, f)
             bundle.extract(upload, staged / "unpacked")
             os.replace(staged / "unpacked" / SCENE_DIR, staged / SCENE_DIR)
             shutil.rmtree(staged / "unpacked")
@@ -201,6 +204,18 @@ class Server:
     def wake(self) -> None:
         self._wake.set()
 
+    def jobfile(self, job_id: int) -> tuple[jobfile.JobFile, dict[int, jobfile.Frame]]:
+        """A job's distrenjob.xml, parsed once: it never changes after submit, and parsing a
+        job of 20,000 frames on every lease would cost a third of a second each time."""
+        cached = self._jobfiles.get(job_id)
+        if cached is None:
+            jf = jobfile.loads(self.store.get_job(job_id).jobfile)
+            cached = (jf, {f.id: f for f in jf.frames})
+            if len(self._jobfiles) >= 64:
+                self._jobfiles.pop(next(iter(self._jobfiles)))
+            self._jobfiles[job_id] = cached
+        return cached
+
     def bundle_sha256(self, job_id: int) -> str:
         if job_id not in self._bundle_sha:
             self._bundle_sha[job_id] = sha256_file(self.store.seed_path(job_id))
@@ -234,9 +249,8 @@ class Server:
 
     def status(self, job_id: int) -> dict:
         job = self.store.get_job(job_id)
-        jf = jobfile.loads(job.jobfile)
+        jf, by_id = self.jobfile(job_id)
         frames = self.store.frames(job_id)
-        by_id = {f.id: f for f in jf.frames}
         counts = {s: 0 for s in states.FRAME_STATES}
         for f in frames:
             counts[f.state] += 1
@@ -291,8 +305,11 @@ class Server:
         self._wake.set()
 
     def delete(self, job_id: int, by: str) -> None:
+        if self.store.get_job(job_id).state == states.FAILED:  # done and cancelled are withdrawn already
+            self.federation.announce(job_id, active=False)
         self.store.delete_job(job_id)
         self._bundle_sha.pop(job_id, None)
+        self._jobfiles.pop(job_id, None)
         shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
         log.info("job %s deleted by %s", self.job_url(job_id), by)
 
@@ -389,7 +406,7 @@ class Server:
 
     def _render(self, job_id: int, frame_id: int) -> None:
         try:
-            jf = jobfile.loads(self.store.get_job(job_id).jobfile)
+            jf, _ = self.jobfile(job_id)
             files = self._render_in((self.url.name, job_id, frame_id), jf, self.store.scene_dir(job_id),
                                     self.store.frame_log(job_id, frame_id), self.store.frame_tar(job_id, frame_id))
             if self.store.get_job(job_id).state == states.CANCELLED:
@@ -463,9 +480,14 @@ class Server:
             frames = self.store.frames(job_id)
             jf = jobfile.loads(job.jobfile)
             by_id = {f.frame_id: f for f in frames}
+            claimed: set[str] = {jobfile.FILENAME}  # a file name two frames produce: the first frame's
+            kept: dict[int, list[dict]] = {}
+            for f in frames:
+                kept[f.frame_id] = [x for x in f.files if x["name"] not in claimed]
+                claimed.update(x["name"] for x in f.files)
             finished = jf.with_frames(
                 replace(f, server=by_id[f.id].server,
-                        files=tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in by_id[f.id].files))
+                        files=tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in kept[f.id]))
                 for f in jf.frames)
             with atomic_open(self.store.result_path(job_id)) as raw:
                 with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
@@ -473,12 +495,11 @@ class Server:
                     data = finished.to_xml()
                     info.size = len(data)
                     out.addfile(info, io.BytesIO(data))
-                    names = {jobfile.FILENAME}
                     for f in frames:
+                        names = {x["name"] for x in kept[f.frame_id]}
                         with tarfile.open(self.store.frame_tar(job_id, f.frame_id)) as src:
                             for m in src:
-                                if m.isfile() and m.name not in names:  # first frame to name a file wins
-                                    names.add(m.name)
+                                if m.isfile() and m.name in names:
                                     out.addfile(m, src.extractfile(m))
             self.store.mark_job_done(job_id)
         log.info("job %s done", self.job_url(job_id))

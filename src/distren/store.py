@@ -178,6 +178,7 @@ class Store:
         #: bumped on every state change; waiters (long polls, the dashboard) watch it.
         self.changed = threading.Condition()
         self.version = 0
+        self._keys: dict[str, str] = {}
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -472,18 +473,26 @@ class Store:
             only = "AND j.id=?" if job_id is not None else ""
             args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
             row = db.execute(
-                "SELECT f.job_id, f.frame_id FROM frames f JOIN jobs j ON j.id=f.job_id"
+                "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
                 f" WHERE f.state=? AND j.state IN (?,?) {only}"
                 " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
                 " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
                 args).fetchone()
             if row is None:
                 return None
-            job_id, frame_id = row
-            self._frame_to(db, job_id, frame_id, states.RENDERING, f"rendering on {server}",
-                           server=server, started=time.time(), attempts=_attempts(db, job_id, frame_id) + 1,
-                           lease_expires=lease_expires)
-            self._follow_frames(db, job_id, f"frame {frame_id} started rendering on {server}")
+            job_id, frame_id, job_state = row
+            # The hot path of every lease: one UPDATE, one event, and the job's state only when
+            # it changes (a queued job starts rendering), not a recount of all its frames.
+            states.check_frame(states.QUEUED, states.RENDERING)
+            now = time.time()
+            reason = f"rendering on {server}"
+            db.execute("UPDATE frames SET state=?, reason=?, server=?, started=?, attempts=attempts+1,"
+                       " lease_expires=? WHERE job_id=? AND frame_id=?",
+                       (states.RENDERING, reason, server, now, lease_expires, job_id, frame_id))
+            db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
+                       (now, job_id, frame_id, states.QUEUED, states.RENDERING, reason))
+            if job_state == states.QUEUED:
+                self._job_to(db, job_id, states.RENDERING, f"frame {frame_id} started {reason}")
         self._notify()
         return job_id, frame_id
 
@@ -597,11 +606,17 @@ class Store:
         with self._tx() as db:
             if db.execute("DELETE FROM peers WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"no peer named {name!r}; `distren servers` lists them")
+        self._keys.pop(name, None)
 
     def peer_key(self, name: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
-        return row[0] if row else None
+        """Asked on every signed request: answered from memory once read (pins change rarely)."""
+        key = self._keys.get(name)
+        if key is None:
+            with self._lock:
+                row = self._db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
+            if row:
+                key = self._keys[name] = row[0]
+        return key
 
     def peers(self) -> list[dict]:
         with self._lock:
@@ -691,9 +706,6 @@ class Store:
             self.changed.wait_for(lambda: self.version != version, timeout=timeout)
             return self.version
 
-
-def _attempts(db, job_id: int, frame_id: int) -> int:
-    return db.execute("SELECT attempts FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()[0]
 
 
 def _job(row: sqlite3.Row) -> JobRow:

@@ -24,6 +24,15 @@ class Backend(Protocol):
         ...
 
 
+def for_job(name: str):
+    """The backend a whole job is of: one that renders a scene (not a stitcher or encoder)."""
+    backend = get(name)
+    if not hasattr(backend, "check_scene"):
+        raise JobFileError(f"distrenjob.xml: <job type={name!r}>: a job's type is its scene renderer (povray); "
+                           f"{name} is a type for single frames")
+    return backend
+
+
 def get(name: str) -> Backend:
     from . import povray, stitch
 

@@ -101,6 +101,8 @@ class PovrayBackend:
         for f in own:
             if f.settings.get("region"):
                 parse_region(f.settings["region"], jf.width, jf.height)
+                if not f.settings.get("output"):
+                    raise JobFileError(f"distrenjob.xml: tile frame/{f.id} needs an output=\"NAME.png\" setting")
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[str]:
         """The files a frame's tarball must hold: the image POV-Ray writes for it."""

@@ -40,6 +40,11 @@ def tiles_of(frame: Frame, jf: JobFile) -> list[tuple[str, tuple[int, int, int, 
 class StitchBackend:
     name = "stitch"
 
+    def check_frame(self, jf: JobFile, frame: Frame) -> None:
+        if not self.expected_files(jf, frame, None)[0].lower().endswith(".png"):
+            raise JobFileError(f"distrenjob.xml: stitch frame/{frame.id}: output must be a .png file")
+        tiles_of(frame, jf)
+
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
         return [_name(frame.settings.get("output", ""), "output")]
 
@@ -71,6 +76,18 @@ class StitchBackend:
 
 class MovieBackend:
     name = "movie"
+
+    def check_frame(self, jf: JobFile, frame: Frame) -> None:
+        self.expected_files(jf, frame, None)
+        try:
+            fps = float(frame.settings.get("fps", "24"))
+        except ValueError:
+            fps = 0.0
+        if not 0 < fps <= 240:
+            raise JobFileError(f"distrenjob.xml: movie frame/{frame.id}: fps={frame.settings.get('fps')!r} "
+                               "must be a number of frames per second, above 0 and at most 240")
+        if not [_name(n, "input") for n in frame.settings.get("inputs", "").split(";") if n]:
+            raise JobFileError(f"distrenjob.xml: movie frame/{frame.id} lists no inputs")
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
         return [_name(frame.settings.get("output", ""), "output")]
