@@ -201,11 +201,14 @@ class Federation:
         self.store.pin_peer(name, address, key)
         return name
 
+    def _known_address(self, name: str) -> str | None:
+        return next((p["address"] for p in self.store.peers() if p["name"] == name), None)
+
     def _address(self, name: str) -> str:
-        for p in self.store.peers():
-            if p["name"] == name:
-                return p["address"]
-        raise NotFound(f"no known server {name!r}")
+        address = self._known_address(name)
+        if address is None:
+            raise NotFound(f"no known server {name!r}")
+        return address
 
     # --- announcements -------------------------------------------------------------------
 
@@ -320,8 +323,10 @@ class Federation:
             if ann["origin"] != origin or self._backing_off(ann["job"]):
                 continue
             job = urls.parse_job(ann["job"])
+            # Where the origin says it is now (its hello) beats where it was when it announced.
+            address = self._known_address(origin) or ann["address"]
             try:
-                work = self._lease(ann["address"], job)
+                work = self._lease(address, job)
             except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
                 self.store.forget_announcement(ann["job"])
                 continue
@@ -331,8 +336,8 @@ class Federation:
                 continue
             except SignatureError:
                 try:  # the origin may not know us yet: introduce ourselves, then ask again
-                    self.introduce(ann["address"])
-                    work = self._lease(ann["address"], job)
+                    self.introduce(address)
+                    work = self._lease(address, job)
                 except DistrenError as e:
                     log.info("origin %s refused a lease (%s)", origin, e)
                     self._back_off(origin, DOWN_ORIGIN_BACKOFF)
@@ -416,7 +421,7 @@ class Federation:
 
     # --- dependencies on other servers' frames ---------------------------------------------
 
-    def remote_frame_state(self, target: urls.FrameURL, where: str = "") -> dict:
+    def remote_frame_state(self, target: urls.FrameURL, where: str = "", retries: int = 1) -> dict:
         """Ask a frame's origin how it is; refuse frames and servers that do not exist."""
         prefix = f"{where}: " if where else ""
         if self.store.peer_key(target.server) is None:
@@ -425,7 +430,7 @@ class Federation:
         address = self._address(target.server)
         try:
             return self.transport.call("GET", address, f"/fed/jobs/{target.job_id}/frames/{target.frame_id}",
-                                       retries=1, timeout=10, to=target.server).json()
+                                       retries=retries, timeout=10, to=target.server).json()
         except NotFound:
             raise NotFound(f"{prefix}{target} does not exist on {target.server}") from None
         except DistrenError as e:
@@ -448,7 +453,7 @@ class Federation:
     def poll_remote_deps(self) -> None:
         for dep in self.store.remote_deps_pending():
             try:
-                st = self.remote_frame_state(urls.parse_frame(dep))
+                st = self.remote_frame_state(urls.parse_frame(dep), retries=0)
             except DistrenError as e:
                 log.debug("cannot check %s: %s", dep, e)
                 continue

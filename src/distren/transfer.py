@@ -69,7 +69,7 @@ class Transport:
         raise AssertionError("unreachable")
 
     def call(self, method: str, base: str, path: str, body=None, retries: int = 2,
-             timeout: float | None = None, to: str = "") -> httpx.Response:
+             timeout: float | None = None, *, to: str) -> httpx.Response:
         """A signed call, for server ``to``, with a small JSON (or empty) body; raises the
         remote error, if any."""
         data = b"" if body is None else jsonlib.dumps(body, sort_keys=True, ensure_ascii=False).encode()
@@ -86,7 +86,7 @@ class Transport:
         _raise_for(resp, f"{method} {base}{path}")
         return resp
 
-    def upload(self, base: str, path: str, src: Path, retries: int = 30, to: str = "") -> httpx.Response:
+    def upload(self, base: str, path: str, src: Path, retries: int = 30, *, to: str) -> httpx.Response:
         """PUT a file, streamed; its digest is signed and sent so the receiver can check it."""
         digest = sha256_file(src)
 
@@ -102,7 +102,7 @@ class Transport:
         return resp
 
     def download(self, base: str, path: str, dest: Path, sha256: str | None, retries: int = 5,
-                 limit: int | None = 64 * 1024**3, to: str = "") -> str:
+                 limit: int | None = 4 * 1024**3, *, to: str) -> str:
         """GET a file, streamed to ``dest`` atomically; verify its SHA-256. Returns the digest."""
         what = f"download of {base}{path}"
         delay = 0.2
