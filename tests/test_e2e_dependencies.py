@@ -146,3 +146,34 @@ def test_failed_dependency_blocks_dependents_until_retried(start_server, tmp_pat
     a.cli("retry", f"{url}/frame/2")
     a.cli("wait", url, "--timeout", "60")
     assert all(f["state"] == "done" for f in status(a, url)["frames"])
+
+
+def test_dependency_on_another_servers_job(trio, tmp_path):
+    """A job on a waits for a frame of b's job, and its renderer gets that frame's files from b."""
+    a, b, c = trio
+    upstream = last_line(b.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24",
+                               "--frames", "1-2"))
+    scene = tmp_path / "reader"
+    scene.mkdir()
+    (scene / "reader.ini").write_text("Input_File_Name=reader.pov\n")
+    (scene / "reader.pov").write_text(
+        'camera { location -2*z look_at 0 }\n'
+        'box { <-1,-1,0>, <1,1,0.1> pigment { image_map { png "textured2.png" } translate -0.5 scale 2 }'
+        ' finish { ambient 1 diffuse 0 } }\n')
+    a.cli("pack", str(scene), "-o", str(tmp_path / "r.tar"), "--width", "32", "--height", "24")
+    _rewrite_jobfile(tmp_path / "r.tar", tmp_path / "r2.tar", lambda x: x.replace(
+        '<frame name="frame/0" />', f'<frame name="frame/0"><dep name="{upstream}/frame/2"/></frame>'))
+    url = last_line(a.cli("submit", str(tmp_path / "r2.tar")))
+    a.cli("wait", url, "--timeout", "90")
+    b.cli("wait", upstream, "--timeout", "30")
+    st = status(a, url)
+    assert st["frames"][0]["deps"] == [f"{upstream}/frame/2"]
+    # POV-Ray's own render of the reader, given the upstream frame as b delivered it.
+    b.cli("download", upstream, "-o", str(tmp_path / "up"))
+    a.cli("download", url, "-o", str(tmp_path / "got"))
+    ref_scene = tmp_path / "ref-scene"
+    import shutil
+    shutil.copytree(scene, ref_scene)
+    shutil.copy(tmp_path / "up" / "textured2.png", ref_scene)
+    ref = povray_reference(ref_scene, "reader.ini", tmp_path / "ref", 32, 24)
+    assert same_pixels(tmp_path / "got" / "reader.png", ref / "reader.png")

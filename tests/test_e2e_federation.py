@@ -177,3 +177,22 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
     assert r.status_code == 400 and f"lacks textured{leased}.png" in r.text, r.text
     st = status(a, url)
     assert st["counts"]["done"] == 0
+
+
+def test_peering_at_runtime_both_ways(start_server):
+    a = start_server("a", "--slots", "0")
+    b = start_server("b", "--slots", "1")
+    assert [r["name"] for r in json.loads(a.cli("servers", "--json").stdout)] == ["a"]
+    res = b.cli("peers", "add", a.http)
+    assert "peered with distren://a/" in res.stderr
+    # Both learned and pinned each other on that first contact.
+    assert {r["name"] for r in json.loads(b.cli("servers", "--json").stdout)} == {"a", "b"}
+    assert {r["name"] for r in json.loads(a.cli("servers", "--json").stdout)} == {"a", "b"}
+    url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24", "--frames", "1-2",
+                          "--wait"))
+    assert {f["server"] for f in status(a, url)["frames"]} == {"distren://b/"}
+    # A peer that is not a distren server, or not there, is a clear error.
+    res = b.cli("peers", "add", "http://127.0.0.1:9", check=False)
+    assert res.returncode == 1 and "cannot reach http://127.0.0.1:9" in res.stderr
+    res = b.cli("peers", "add", "ftp://example", check=False)
+    assert res.returncode == 1 and "http://HOST:PORT" in res.stderr

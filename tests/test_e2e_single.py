@@ -151,6 +151,7 @@ def test_bad_bundles_are_refused_and_server_keeps_serving(shared_server, tmp_pat
 
 
 def test_tokens(shared_server, tmp_path):
+    assert (shared_server.data / "admin.token").stat().st_mode & 0o777 == 0o600
     res = shared_server.cli("jobs", token="", check=False)
     assert res.returncode == 1 and "no token" in res.stderr
     res = shared_server.cli("jobs", token="wrong", check=False)
@@ -204,3 +205,21 @@ def test_cancel_stops_rendering(shared_server):
     assert st["counts"]["done"] < 60
     res = shared_server.cli("wait", url, check=False)
     assert res.returncode == 1
+
+
+def test_a_bare_pov_file_is_a_still(shared_server, tmp_path):
+    scene = SCENES / "chain"  # any .pov; rendered at clock 0 as a still, as `povray +Ichain.pov` does
+    url, got, st = submit_and_download(shared_server, tmp_path, str(scene / "chain.pov"),
+                                       "--width", "48", "--height", "36")
+    assert [f["id"] for f in st["frames"]] == [0] and st["frames"][0]["files"] == ["chain.png"]
+    work = tmp_path / "ref"
+    import shutil
+    import subprocess
+
+    shutil.copytree(scene, work)
+    subprocess.run(["povray", "+Ichain.pov", "+W48", "+H36", "-D"], cwd=work, check=True, capture_output=True)
+    from conftest import same_pixels
+
+    assert same_pixels(got / "chain.png", work / "chain.png")
+    res = shared_server.cli("submit", str(scene / "chain.pov"), "--frames", "x", check=False)
+    assert res.returncode == 1 and "--frames 'x': use A-B" in res.stderr
