@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -107,6 +108,15 @@ def shared_server(tmp_path_factory):
     s = ServerProc("shared", base / "data", free_port()).start()
     yield s
     s.stop()
+
+
+def last_line(res: subprocess.CompletedProcess) -> str:
+    """What `distren submit` prints last: the job's URL."""
+    return res.stdout.strip().splitlines()[-1]
+
+
+def status(server: ServerProc, url: str) -> dict:
+    return json.loads(server.cli("status", url, "--json").stdout)
 
 
 def copy_scene(src: Path, dest: Path) -> Path:

@@ -4,24 +4,17 @@ nothing, real POV-Ray, pixel-exact against POV-Ray's own renders."""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
 
-from conftest import SCENES, assert_frames_match, povray_reference, same_pixels
+from conftest import SCENES, assert_frames_match, last_line, povray_reference, same_pixels, status
 
 pytestmark = pytest.mark.e2e
 
 
-def last_line(res) -> str:
-    return res.stdout.strip().splitlines()[-1]
-
-
-def status(server, url: str) -> dict:
-    return json.loads(server.cli("status", url, "--json").stdout)
 
 
 @pytest.fixture

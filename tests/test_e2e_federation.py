@@ -11,19 +11,13 @@ import time
 import httpx
 import pytest
 
-from conftest import POV_ANIM, SCENES, assert_frames_match, povray_reference
+from conftest import POV_ANIM, SCENES, assert_frames_match, last_line, povray_reference, status
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e
 FZ = POV_ANIM / "fractalzoom"
 
 
-def last_line(res) -> str:
-    return res.stdout.strip().splitlines()[-1]
-
-
-def status(server, url: str) -> dict:
-    return json.loads(server.cli("status", url, "--json").stdout)
 
 
 def events(server, job_id: int) -> list[dict]:

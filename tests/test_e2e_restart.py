@@ -9,14 +9,11 @@ import time
 import httpx
 import pytest
 
-from conftest import REPO, SCENES, assert_frames_match, povray_reference
+from conftest import REPO, SCENES, last_line, assert_frames_match, povray_reference
 
 pytestmark = pytest.mark.e2e
 DEMO = REPO / "src" / "distren" / "demo_scene"
 
-
-def last_line(res) -> str:
-    return res.stdout.strip().splitlines()[-1]
 
 
 def test_sigkill_mid_job_then_restart(start_server, tmp_path):

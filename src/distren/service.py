@@ -63,6 +63,7 @@ class Server:
         self._rotation_lock = threading.Lock()
         self._bundle_sha: dict[int, str] = {}
         self._jobfiles: dict[int, tuple[jobfile.JobFile, dict[int, jobfile.Frame]]] = {}
+        self._jobfiles_lock = threading.Lock()
         check_address(settings.advertise)
         self.identity = Identity.load_or_create(self.url.name, settings.data / "server.key")
         self.federation = Federation(self, self.identity, settings.advertise, settings.lease_timeout,
@@ -138,14 +139,6 @@ class Server:
     def job_url(self, job_id: int) -> urls.JobURL:
         return self.url.job(job_id)
 
-    def local_job_id(self, url_or_id: str) -> int:
-        if url_or_id.isdigit():
-            return int(url_or_id)
-        job = urls.parse_job(url_or_id)
-        if job.server != self.url.name:
-            raise NotFound(f"{job} belongs to server {job.server!r}; this is {self.url}")
-        return job.job_id
-
     def submit(self, upload: Path, user: str, upload_key: str | None = None) -> int:
         """Validate an uploaded bundle and make it a job. Nothing is kept if it is refused."""
         if upload_key:
@@ -207,13 +200,15 @@ class Server:
     def jobfile(self, job_id: int) -> tuple[jobfile.JobFile, dict[int, jobfile.Frame]]:
         """A job's distrenjob.xml, parsed once: it never changes after submit, and parsing a
         job of 20,000 frames on every lease would cost a third of a second each time."""
-        cached = self._jobfiles.get(job_id)
+        with self._jobfiles_lock:
+            cached = self._jobfiles.get(job_id)
         if cached is None:
             jf = jobfile.loads(self.store.get_job(job_id).jobfile)
             cached = (jf, {f.id: f for f in jf.frames})
-            if len(self._jobfiles) >= 64:
-                self._jobfiles.pop(next(iter(self._jobfiles)))
-            self._jobfiles[job_id] = cached
+            with self._jobfiles_lock:
+                if len(self._jobfiles) >= 64:
+                    self._jobfiles.pop(next(iter(self._jobfiles)))
+                self._jobfiles[job_id] = cached
         return cached
 
     def bundle_sha256(self, job_id: int) -> str:
@@ -309,7 +304,8 @@ class Server:
             self.federation.announce(job_id, active=False)
         self.store.delete_job(job_id)
         self._bundle_sha.pop(job_id, None)
-        self._jobfiles.pop(job_id, None)
+        with self._jobfiles_lock:
+            self._jobfiles.pop(job_id, None)
         shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
         log.info("job %s deleted by %s", self.job_url(job_id), by)
 
@@ -362,8 +358,8 @@ class Server:
                 return work
         return None
 
-    def _render_in(self, key: tuple[str, int, int], jf: jobfile.JobFile, scene_dir: Path,
-                   logpath: Path, frame_tar: Path) -> list[dict]:
+    def _render_in(self, key: tuple[str, int, int], jf: jobfile.JobFile, frame: jobfile.Frame,
+                   scene_dir: Path, logpath: Path, frame_tar: Path) -> list[dict]:
         """Render one frame in a private copy of the scene; pack its files into ``frame_tar``."""
         workdir = self.settings.data / "work" / f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
         try:
@@ -374,7 +370,6 @@ class Server:
                 with self._procs_lock:
                     self._procs[key] = proc
 
-            frame = jf.frame(key[2])
             self._place_dependencies(jf, frame, workdir)
             backend = backends.get(frame.backend(jf.type))
             produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
@@ -406,8 +401,8 @@ class Server:
 
     def _render(self, job_id: int, frame_id: int) -> None:
         try:
-            jf, _ = self.jobfile(job_id)
-            files = self._render_in((self.url.name, job_id, frame_id), jf, self.store.scene_dir(job_id),
+            jf, frames = self.jobfile(job_id)
+            files = self._render_in((self.url.name, job_id, frame_id), jf, frames[frame_id], self.store.scene_dir(job_id),
                                     self.store.frame_log(job_id, frame_id), self.store.frame_tar(job_id, frame_id))
             if self.store.get_job(job_id).state == states.CANCELLED:
                 self.store.requeue_frame(job_id, frame_id, "job cancelled; the render was discarded")
@@ -435,7 +430,7 @@ class Server:
         renewer.start()
         try:
             scene = self.federation.scene_for(work)
-            self._render_in(key, work.jf, scene, logpath, frame_tar)
+            self._render_in(key, work.jf, work.frame, scene, logpath, frame_tar)
             if not work.lost.is_set():
                 self.federation.deliver(work, frame_tar, _read(logpath))
         except Exception as e:
