@@ -190,3 +190,20 @@ def test_peering_at_runtime_both_ways(start_server):
     assert res.returncode == 1 and "cannot reach http://127.0.0.1:9" in res.stderr
     res = b.cli("peers", "add", "ftp://example", check=False)
     assert res.returncode == 1 and "http://HOST:PORT" in res.stderr
+
+
+def test_a_renderer_keeps_rendering_its_own_jobs_while_helping_others(start_server):
+    """Fairness: b (one slot) helps a's long job, yet b's own job, submitted later, does not wait
+    for a's to finish; and every state change says why it happened."""
+    a = start_server("a", "--slots", "0")
+    b = start_server("b", "--slots", "1", "--peer", a.http)
+    theirs = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48",
+                             "--frames", "1-14"))
+    wait_for(lambda: status(a, theirs)["counts"]["rendering"], what="b to help a")
+    mine = last_line(b.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24", "--frames", "1-3"))
+    b.cli("wait", mine, "--timeout", "60")
+    assert status(a, theirs)["state"] != "done", "b's own job waited for a's whole job"
+    a.cli("wait", theirs, "--timeout", "120")
+    history = a.cli("events", theirs).stdout
+    assert "queued -> rendering" in history and "rendering on distren://b/" in history
+    assert "all frames rendered and rebundled" in history

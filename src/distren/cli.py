@@ -179,6 +179,29 @@ def status(
 
 
 @app.command()
+def events(
+    job: str = typer.Argument(..., help="distren://NAME/job/ID"),
+    as_json: bool = typer.Option(False, "--json"),
+    server: Optional[str] = ServerOpt,
+    token: Optional[str] = TokenOpt,
+):
+    """Every state change of a job and its frames, with the reason it happened."""
+    import datetime
+
+    with _client(server, token) as c:
+        rows = c.events(job)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("time", "frame", "change", "reason")
+    for e in rows:
+        at = datetime.datetime.fromtimestamp(e["at"]).strftime("%H:%M:%S.%f")[:-3]
+        frame = "job" if e["frame_id"] is None else str(e["frame_id"])
+        table.add_row(at, frame, f"{e['old'] or '-'} -> {e['new']}", e["reason"])
+    out.print(table)
+
+
+@app.command()
 def jobs(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
     """List the server's jobs."""
     with _client(server, token) as c:
