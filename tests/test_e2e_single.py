@@ -223,3 +223,36 @@ def test_a_bare_pov_file_is_a_still(shared_server, tmp_path):
     assert same_pixels(got / "chain.png", work / "chain.png")
     res = shared_server.cli("submit", str(scene / "chain.pov"), "--frames", "x", check=False)
     assert res.returncode == 1 and "--frames 'x': use A-B" in res.stderr
+
+
+def test_large_scene_files_are_shared_read_only_not_copied(shared_server, tmp_path):
+    """Files of 1 MiB and more are mounted read-only in each frame's sandbox instead of copied:
+    the frames are still POV-Ray's own, and a scene cannot change them."""
+    import os as _os
+
+    from PIL import Image
+
+    scene = tmp_path / "big"
+    (scene / "maps").mkdir(parents=True)
+    Image.frombytes("RGB", (700, 700), _os.urandom(700 * 700 * 3)).save(scene / "maps" / "noise.png")
+    assert (scene / "maps" / "noise.png").stat().st_size > 1 << 20
+    (scene / "big.ini").write_text("Input_File_Name=big.pov\nInitial_Frame=1\nFinal_Frame=2\n")
+    (scene / "big.pov").write_text(
+        'camera { location <0, 0, -3> look_at 0 }\n'
+        'box { <-1,-1,0>, <1,1,0.1> pigment { image_map { png "maps/noise.png" } translate -0.5 scale 2 }\n'
+        '  finish { ambient 1 diffuse 0 } rotate z*45*clock }\n')
+    url, got, st = submit_and_download(shared_server, tmp_path, str(scene), "--width", "48", "--height", "36")
+    ref = povray_reference(scene, "big.ini", tmp_path / "ref", 48, 36)
+    assert_frames_match(got, ref, ["big1.png", "big2.png"])
+
+    before = (scene / "maps" / "noise.png").read_bytes()
+    (scene / "big.pov").write_text('#fopen F "maps/noise.png" write\n#write (F, "overwritten")\n#fclose F\n'
+                                   + (scene / "big.pov").read_text())
+    res = shared_server.cli("submit", str(scene), "--width", "48", "--height", "36", "--frames", "1", "--wait",
+                            check=False)
+    assert res.returncode == 1
+    url = res.stdout.strip().splitlines()[-1]
+    job_dir = shared_server.data / "jobs" / url.rsplit("/", 1)[1]
+    assert (job_dir / "scene" / "maps" / "noise.png").read_bytes() == before
+    assert "Cannot open user file maps/noise.png" in json.loads(
+        shared_server.cli("status", url, "--json").stdout)["frames"][0]["reason"]

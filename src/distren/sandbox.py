@@ -33,9 +33,10 @@ def bwrap() -> str:
     return path
 
 
-def command(argv: list[str], workdir: Path) -> list[str]:
+def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = None) -> list[str]:
     """``argv`` wrapped to run in the sandbox with ``workdir`` as its only writable folder,
-    mounted at /work and used as the current directory."""
+    mounted at /work and used as the current directory. ``shared`` maps paths below /work to
+    files mounted read-only there (large scene files, which are not copied for every frame)."""
     cmd = [
         bwrap(),
         "--ro-bind", "/usr", "/usr",
@@ -61,6 +62,8 @@ def command(argv: list[str], workdir: Path) -> list[str]:
         "--setenv", "PATH", "/usr/bin:/bin",
         "--setenv", "LANG", "C.UTF-8",
     ]
+    for rel, src in sorted((shared or {}).items()):
+        cmd += ["--ro-bind", str(Path(src).resolve()), f"{WORKDIR}/{rel}"]
     return cmd + ["--"] + argv
 
 

@@ -363,16 +363,17 @@ class Server:
         """Render one frame in a private copy of the scene; pack its files into ``frame_tar``."""
         workdir = self.settings.data / "work" / f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
         try:
-            shutil.copytree(scene_dir, workdir)
+            shared = _prepare_workdir(scene_dir, workdir)
             logpath.parent.mkdir(parents=True, exist_ok=True)
 
             def track(proc):
                 with self._procs_lock:
                     self._procs[key] = proc
 
-            self._place_dependencies(jf, frame, workdir)
+            for name in self._place_dependencies(jf, frame, workdir):
+                shared.pop(name, None)  # a dependency's file takes the place of a scene file
             backend = backends.get(frame.backend(jf.type))
-            produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track)
+            produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track, shared)
             files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
                      for n in produced]
             bundle.write_tar(frame_tar, [(n, workdir / n) for n in produced])
@@ -382,9 +383,10 @@ class Server:
                 self._procs.pop(key, None)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _place_dependencies(self, jf: jobfile.JobFile, frame: jobfile.Frame, workdir: Path) -> None:
+    def _place_dependencies(self, jf: jobfile.JobFile, frame: jobfile.Frame, workdir: Path) -> list[str]:
         """Put the files of the frames this one depends on into its working folder, under
-        their own names, so that the scene (or the stitcher) can read them."""
+        their own names, so that the scene (or the stitcher) can read them. Returns the names."""
+        placed: list[str] = []
         for dep in frame.deps:
             target = urls.resolve_frame(dep, jf.job_url)
             if target.server == self.url.name:
@@ -397,7 +399,9 @@ class Server:
             for name in bundle.extract(tar, unpacked):
                 (workdir / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(unpacked / name, workdir / name)
+                placed.append(name)
             shutil.rmtree(unpacked)
+        return placed
 
     def _render(self, job_id: int, frame_id: int) -> None:
         try:
@@ -499,6 +503,26 @@ class Server:
             self.store.mark_job_done(job_id)
         log.info("job %s done", self.job_url(job_id))
         self.federation.announce(job_id, active=False)
+
+
+SHARED_MIN_BYTES = 1 << 20
+
+
+def _prepare_workdir(scene_dir: Path, workdir: Path) -> dict[str, Path]:
+    """A frame's working folder: a copy of the scene's small files, and an empty placeholder
+    for each large one (textures, meshes), which the sandbox mounts read-only in its place.
+    Copying a 1 GB scene for every frame would cost more than many frames take to render."""
+    shared: dict[str, Path] = {}
+    for name, src in bundle.tree_members(scene_dir):
+        dest = workdir / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.stat().st_size >= SHARED_MIN_BYTES:
+            dest.touch()
+            shared[name] = src
+        else:
+            shutil.copy2(src, dest)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return shared
 
 
 def _read(path: Path) -> str:

@@ -17,10 +17,11 @@ class Backend(Protocol):
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]: ...
 
     def render(self, jf: JobFile, frame: Frame, workdir, log, timeout: float,
-               register=None) -> list[str]:
-        """Render ``frame`` in ``workdir`` (a private copy of the scene); write the renderer's
-        output to the text file ``log``; return the names (relative to ``workdir``) of the
-        files the frame produced. Raise RenderError with the renderer's own message on failure."""
+               on_start=None, shared=None) -> list[str]:
+        """Render ``frame`` in ``workdir`` (a private copy of the scene, except for the large
+        files in ``shared``, which are to be mounted read-only at their places); write the
+        renderer's output to the text file ``log``; return the names (relative to ``workdir``)
+        of the files the frame produced. Raise RenderError with the renderer's own message."""
         ...
 
 

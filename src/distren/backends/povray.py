@@ -123,11 +123,11 @@ class PovrayBackend:
         return argv + ["-D", "-P"]
 
     def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float,
-               on_start=None) -> list[str]:
+               on_start=None, shared: dict[str, Path] | None = None) -> list[str]:
         workdir = Path(workdir)
         opts = read_ini(workdir, jf.settings.get("ini", ""))
         before = _snapshot(workdir)
-        argv = sandbox.command(self.command(jf, frame, opts), workdir)
+        argv = sandbox.command(self.command(jf, frame, opts), workdir, shared)
         started = time.monotonic()
         with open(log, "ab") as logf:
             logf.write(f"==== distren: {' '.join(self.command(jf, frame, opts))}\n".encode())

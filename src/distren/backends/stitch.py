@@ -48,7 +48,8 @@ class StitchBackend:
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
         return [_name(frame.settings.get("output", ""), "output")]
 
-    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None) -> list[str]:
+    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None,
+               shared=None) -> list[str]:
         from PIL import Image
 
         output = self.expected_files(jf, frame, None)[0]
@@ -92,7 +93,8 @@ class MovieBackend:
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
         return [_name(frame.settings.get("output", ""), "output")]
 
-    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None) -> list[str]:
+    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None,
+               shared=None) -> list[str]:
         import imageio_ffmpeg
 
         output = self.expected_files(jf, frame, None)[0]
