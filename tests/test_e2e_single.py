@@ -256,3 +256,18 @@ def test_large_scene_files_are_shared_read_only_not_copied(shared_server, tmp_pa
     assert (job_dir / "scene" / "maps" / "noise.png").read_bytes() == before
     assert "Cannot open user file maps/noise.png" in json.loads(
         shared_server.cli("status", url, "--json").stdout)["frames"][0]["reason"]
+
+
+def test_oversized_bodies_are_refused_before_anyone_is_asked_who_they_are(shared_server):
+    big = b"{" + b" " * (2 << 20) + b"}"
+    r = httpx.post(f"{shared_server.http}/fed/hello", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(3):
+            yield b" " * (1 << 20)
+
+    r = httpx.post(f"{shared_server.http}/api/users", content=chunks(),
+                   headers={"Content-Type": "application/json", "Authorization": f"Bearer {shared_server.token}"})
+    assert r.status_code in (400, 413)  # FastAPI reports the aborted read as a body it could not parse
+    assert httpx.get(f"{shared_server.http}/api/server").status_code == 200

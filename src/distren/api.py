@@ -20,7 +20,7 @@ import hashlib
 import json
 
 from . import __version__, bundle, identity
-from .errors import BundleError, Conflict, DistrenError, Unauthorized
+from .errors import BundleError, Conflict, DistrenError, TooLarge, Unauthorized
 from .service import Server
 
 log = logging.getLogger("distren.api")
@@ -28,9 +28,42 @@ MAX_SIGNED_BODY = 1 << 20
 MAX_RESULT_BYTES = 2 * 1024**3
 
 
+class BodyLimit:
+    """Small bodies only, except on the two routes that stream uploads to disk. FastAPI reads
+    a JSON body whole, before any check of who sent it: without this, one unauthenticated
+    request could fill the server's memory."""
+
+    def __init__(self, app, limit: int = MAX_SIGNED_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or _streams(scope["method"], scope["path"]):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            response = JSONResponse({"error": f"request body larger than {self.limit} bytes"}, status_code=413)
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise TooLarge(f"request body larger than {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _streams(method: str, path: str) -> bool:
+    return (method == "POST" and path == "/api/jobs") or (method == "PUT" and path.endswith("/result"))
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="distren", version=__version__)
     app.state.server = server
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(DistrenError)
     async def distren_error(request: Request, exc: DistrenError):

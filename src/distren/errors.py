@@ -40,6 +40,10 @@ class Conflict(DistrenError):
     status = 409
 
 
+class TooLarge(DistrenError):
+    status = 413
+
+
 class RenderError(DistrenError):
     """A backend failed to render a frame; the message carries the renderer's own words."""
 
