@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from distren import jobfile, urls
 from distren.errors import DistrenError, JobFileError
-from distren.jobfile import FileEntry, Frame, JobFile, dumps, loads
+from distren.jobfile import FileEntry, Frame, JobFile, dumps, lease_xml, loads
 
 FAST = settings(max_examples=100, deadline=None)
 
@@ -520,3 +520,17 @@ def test_xml_tree_of_dumps_is_well_formed_and_ordered():
     root = ET.fromstring(dumps(jf))
     assert [f.get("name") for f in root.iter("frame")] == ["frame/3", "frame/1", "frame/2"]
     assert [d.get("name") for d in root.iter("dep")] == ["frame/3", "frame/1"]  # order kept
+
+
+@settings(max_examples=200, deadline=None)
+@given(frame_id=st.integers(0, 2**40), server=st.one_of(st.none(), st.sampled_from(["distren://b/", "distren://render-1.example.org/"])),
+       settings_=st.dictionaries(st.sampled_from(["ini", "x", "quality"]), st.text(alphabet="abc.<&\"'", max_size=5), max_size=3))
+def test_lease_xml_is_dumps_of_the_one_frame_job(frame_id, server, settings_):
+    from dataclasses import replace as _replace
+
+    jf = JobFile(type="povray", width=64, height=48, frames=(Frame(1), Frame(2)), settings=settings_,
+                 name="distren://a/job/7", submitter="distren://a/user/ann")
+    frame = Frame(frame_id, server=server)
+    assert lease_xml(jf, frame) == dumps(jf.with_frames([frame]))
+    tile = _replace(frame, settings={"region": "0,0,32,32", "output": "t.png"}, deps=("frame/1",))
+    assert lease_xml(jf, tile) == dumps(jf.with_frames([tile]))

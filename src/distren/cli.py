@@ -76,7 +76,7 @@ def serve(
     err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "
               f"admin token in {data / 'admin.token'}")
     try:
-        uvicorn.run(create_app(server), host=host, port=int(port), log_level="warning")
+        uvicorn.run(create_app(server), host=host, port=int(port), log_level="warning", access_log=False)
     finally:
         server.stop()
 

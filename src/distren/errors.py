@@ -34,6 +34,10 @@ class Unauthorized(DistrenError):
     status = 401
 
 
+class Replayed(Unauthorized):
+    """A signed request seen before."""
+
+
 class Conflict(DistrenError):
     """The request is valid but the thing is in a state that does not allow it."""
 

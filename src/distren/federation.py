@@ -487,16 +487,17 @@ class Federation:
             raise Gone(f"{self.server.job_url(job_id)} is {job.state}")
         return job
 
-    def grant_lease(self, sender: str, job_id: int) -> tuple[bytes, str, float] | None:
+    def grant_lease(self, sender: str, job_id: int, nonce: tuple[str, float] | None = None
+                    ) -> tuple[bytes, str, float] | None:
         expires = time.time() + self.lease_timeout
         renderer = str(urls.ServerURL(sender))
-        claim = self.store.claim_frame(renderer, job_id, lease_expires=expires)
+        claim = self.store.claim_frame(renderer, job_id, lease_expires=expires, nonce=nonce)
         if claim is None:
             self._own_job(job_id)  # gone or unknown: say so; otherwise nothing is ready
             return None
         jf, frames = self.server.jobfile(job_id)
-        one = jf.with_frames([replace(frames[claim[1]], server=renderer)])
-        return one.to_xml(), self.server.bundle_sha256(job_id), expires
+        return (jobfile.lease_xml(jf, replace(frames[claim[1]], server=renderer)),
+                self.server.bundle_sha256(job_id), expires)
 
     def _leased_to(self, sender: str, job_id: int, frame_id: int):
         row = self.store.frame(job_id, frame_id)

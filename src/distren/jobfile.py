@@ -26,6 +26,7 @@ Parsing always goes through defusedxml: a distrenjob.xml is untrusted input.
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
@@ -312,6 +313,29 @@ def loads(data: bytes | str) -> JobFile:
 
 
 # --- writing -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _lease_template(name: str, submitter: str | None, jtype: str, width: int, height: int,
+                    settings: tuple[tuple[str, str], ...]) -> tuple[bytes, bytes]:
+    """A job's one-frame document, split where its frame element stands."""
+    jf = JobFile(type=jtype, width=width, height=height, frames=(Frame(0),), settings=dict(settings),
+                 name=name, submitter=submitter)
+    before, sep, after = dumps(jf).partition(f'<frame name="{name}/frame/0" />'.encode())
+    assert sep, "dumps changed how it writes a frame"
+    return before, after
+
+
+def lease_xml(jf: JobFile, frame: Frame) -> bytes:
+    """``dumps(jf.with_frames([frame]))``: the answer to every lease. A plain frame (no deps,
+    files, type or settings: every frame of an ordinary animation) goes into a per-job template
+    instead of through ElementTree, which took a fifth of a lease's time."""
+    if frame.deps or frame.files or frame.type or frame.settings or not jf.name:
+        return dumps(jf.with_frames([frame]))
+    before, after = _lease_template(jf.name, jf.submitter, jf.type, jf.width, jf.height,
+                                    tuple(sorted(jf.settings.items())))
+    server = f' server="{frame.server}"' if frame.server else ""
+    return before + f'<frame name="{jf.name}/frame/{frame.id}"{server} />'.encode() + after
 
 
 def dumps(jf: JobFile) -> bytes:

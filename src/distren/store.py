@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import states
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, Replayed
 
 MIGRATIONS: list[str] = [
     # 1: the single-server schema.
@@ -465,11 +465,15 @@ class Store:
             self._job_to(db, job_id, new, reason)
         return new
 
-    def claim_frame(self, server: str, job_id: int | None = None,
-                    lease_expires: float | None = None) -> tuple[int, int] | None:
+    def claim_frame(self, server: str, job_id: int | None = None, lease_expires: float | None = None,
+                    nonce: tuple[str, float] | None = None) -> tuple[int, int] | None:
         """Take the oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs
-        first in, first served). A frame for another server is leased until ``lease_expires``."""
+        first in, first served). A frame for another server is leased until ``lease_expires``;
+        ``nonce`` (the lease request's, with its expiry) is recorded in the same transaction."""
         with self._tx() as db:
+            if nonce is not None and db.execute("INSERT OR IGNORE INTO nonces(nonce, expires) VALUES(?, ?)",
+                                                nonce).rowcount == 0:
+                raise Replayed("replayed request (nonce already used)")
             only = "AND j.id=?" if job_id is not None else ""
             args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
             row = db.execute(
