@@ -41,6 +41,16 @@ def _client(server: str | None, token: str | None) -> Client:
     return Client(server, token)
 
 
+def _ask(server: str | None, token: str | None, call, as_json: bool):
+    """The server's answer to ``call(client)``; with --json it is printed instead (None)."""
+    with _client(server, token) as c:
+        data = call(c)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return None
+    return data
+
+
 @app.command()
 def serve(
     name: str = typer.Option(..., "--name", help="This server's permanent name: distren://NAME/."),
@@ -162,10 +172,8 @@ def status(
     token: Optional[str] = TokenOpt,
 ):
     """Show a job's state and each frame's."""
-    with _client(server, token) as c:
-        st = c.status(job)
-    if as_json:
-        print(json.dumps(st, indent=2))
+    st = _ask(server, token, lambda c: c.status(job), as_json)
+    if st is None:
         return
     counts = ", ".join(f"{n} {s}" for s, n in st["counts"].items() if n)
     out.print(f"[bold]{st['url']}[/]  {st['state']}  ({counts})  {st['width']}x{st['height']}  by {st['submitter']}")
@@ -188,10 +196,8 @@ def events(
     """Every state change of a job and its frames, with the reason it happened."""
     import datetime
 
-    with _client(server, token) as c:
-        rows = c.events(job)
-    if as_json:
-        print(json.dumps(rows, indent=2))
+    rows = _ask(server, token, lambda c: c.events(job), as_json)
+    if rows is None:
         return
     table = Table("time", "frame", "change", "reason")
     for e in rows:
@@ -264,10 +270,8 @@ def servers(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
     """List this server and its peers: slots, what they render now, when last heard from."""
     import time
 
-    with _client(server, token) as c:
-        rows = c.servers()
-    if as_json:
-        print(json.dumps(rows, indent=2))
+    rows = _ask(server, token, lambda c: c.servers(), as_json)
+    if rows is None:
         return
     table = Table("server", "address", "slots", "rendering now", "last heard")
     for r in rows:
