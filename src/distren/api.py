@@ -7,17 +7,17 @@ answered with 500, and the server keeps serving.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import secrets
 import time
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-
-import hashlib
-import json
 
 from . import __version__, bundle, identity
 from .errors import BundleError, Conflict, DistrenError, TooLarge, Unauthorized
@@ -91,21 +91,30 @@ def create_app(server: Server) -> FastAPI:
         return {"name": server.url.name, "url": str(server.url), "slots": server.settings.slots,
                 "version": __version__}
 
-    @app.post("/api/jobs", status_code=201)
-    async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None)):
-        staging = server.store.staging_dir()
-        path = staging / f"upload-{secrets.token_hex(8)}.tar"
+    async def receive_file(request: Request, prefix: str, limit: int, what: str) -> tuple[Path, str]:
+        """Stream a request body into the staging folder, hashing it, durably (it may be
+        renamed into place next); nothing is left behind if it fails or is too large."""
+        path = server.store.staging_dir() / f"{prefix}-{secrets.token_hex(8)}.tar"
+        h = hashlib.sha256()
         size = 0
         try:
             with open(path, "wb") as f:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > bundle.MAX_TOTAL_BYTES:
-                        raise BundleError(f"the upload is larger than {bundle.MAX_TOTAL_BYTES} bytes; refused")
+                    if size > limit:
+                        raise BundleError(f"{what} is larger than {limit} bytes; refused")
+                    h.update(chunk)
                     f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        return path, h.hexdigest()
+
+    @app.post("/api/jobs", status_code=201)
+    async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None)):
+        path, _ = await receive_file(request, "upload", bundle.MAX_TOTAL_BYTES, "the upload")
         job_id = await run_in_threadpool(server.submit, path, u[0], idempotency_key)
         return {"url": str(server.job_url(job_id)), "id": job_id}
 
@@ -278,20 +287,9 @@ def create_app(server: Server) -> FastAPI:
         claimed = request.headers.get("X-Content-SHA256", "")
         sender = verify(request, claimed)
         fed.leased_to_or_done(sender, job_id, frame_id)
-        path = server.store.staging_dir() / f"result-{secrets.token_hex(8)}.tar"
-        h = hashlib.sha256()
-        size = 0
+        path, digest = await receive_file(request, "result", MAX_RESULT_BYTES, "the frame tarball")
         try:
-            with open(path, "wb") as f:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_RESULT_BYTES:
-                        raise BundleError(f"frame tarball larger than {MAX_RESULT_BYTES} bytes; refused")
-                    h.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            if h.hexdigest() != claimed:
+            if digest != claimed:
                 raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
             outcome = await run_in_threadpool(fed.accept_result, sender, job_id, frame_id, path)
         finally:

@@ -16,7 +16,6 @@ The protocol is written down in docs/protocol.md; this module is both of its sid
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -35,7 +34,7 @@ from PIL import Image
 from . import backends, bundle, jobfile, states, urls
 from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
 from .identity import MAX_SKEW, Identity, SignatureError, parse_time, verify
-from .fsutil import sha256_file
+from .fsutil import sha256_file, sha256_stream
 from .transfer import Gone, Transport
 
 if TYPE_CHECKING:
@@ -319,12 +318,13 @@ class Federation:
         """Ask ``origin`` for a frame of its announced jobs, oldest job first."""
         if self._backing_off(origin):
             return None
+        # Where the origin says it is now (its hello) beats where it was when it announced.
+        known = self._known_address(origin)
         for ann in self.store.announcements():
             if ann["origin"] != origin or self._backing_off(ann["job"]):
                 continue
             job = urls.parse_job(ann["job"])
-            # Where the origin says it is now (its hello) beats where it was when it announced.
-            address = self._known_address(origin) or ann["address"]
+            address = known or ann["address"]
             try:
                 work = self._lease(address, job)
             except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
@@ -579,9 +579,5 @@ class Federation:
                         raise BundleError(f"{name} in the frame's tarball is not a readable image ({e})") from None
                     if size != (jf.width, jf.height):
                         raise BundleError(f"{name} is {size[0]}x{size[1]}; the job renders {jf.width}x{jf.height}")
-                h = hashlib.sha256()
-                f = t.extractfile(m)
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-                files.append({"name": name, "size": m.size, "sha256": h.hexdigest()})
+                files.append({"name": name, "size": m.size, "sha256": sha256_stream(t.extractfile(m))})
         return files

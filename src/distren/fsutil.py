@@ -63,9 +63,13 @@ def atomic_write_stream(path: Path, chunks: Iterable[bytes], limit: int | None =
     return h.hexdigest(), size
 
 
-def sha256_file(path: Path) -> str:
+def sha256_stream(f) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sha256_stream(f)

@@ -282,10 +282,9 @@ class Store:
             now = time.time()
             if upload_key is not None:
                 # The same upload again (a client retrying one still in flight): the same job.
-                row = db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?",
-                                 (submitter, upload_key)).fetchone()
-                if row is not None:
-                    return row[0]
+                existing = _job_for_upload_key(db, submitter, upload_key)
+                if existing is not None:
+                    return existing
             cur = db.execute(
                 "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
                 " VALUES(?,?,?,?,?,?,?,?)",
@@ -376,9 +375,7 @@ class Store:
 
     def job_for_upload_key(self, submitter: str, key: str) -> int | None:
         with self._lock:
-            row = self._db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?",
-                                   (submitter, key)).fetchone()
-        return row[0] if row else None
+            return _job_for_upload_key(self._db, submitter, key)
 
     def get_job(self, job_id: int) -> JobRow:
         with self._lock:
@@ -710,6 +707,11 @@ class Store:
             self.changed.wait_for(lambda: self.version != version, timeout=timeout)
             return self.version
 
+
+
+def _job_for_upload_key(db, submitter: str, key: str) -> int | None:
+    row = db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?", (submitter, key)).fetchone()
+    return row[0] if row else None
 
 
 def _job(row: sqlite3.Row) -> JobRow:
