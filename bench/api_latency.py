@@ -1,0 +1,147 @@
+"""Does the origin stay responsive while it works hard? `GET /api/server` is timed every 20 ms
+(p50, p99, max) on an origin A (--slots 0) three times: idle; while 8 renderers lease frames and
+upload results as fast as they can (real signed leases and uploads of real frame tarballs, each a
+640x480 noise PNG that A decodes and checks); and while, on top of that, a 1 GiB bundle is
+submitted. The renderers are this script's threads speaking the protocol (rendering is not what
+is measured); everything runs on loopback on the same machine.
+
+    python bench/api_latency.py [--mib 1024] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from distren import bundle, povini
+from distren.errors import DistrenError
+from distren.federation import _hello_text
+from distren.identity import Identity
+from distren.pack import pack
+from distren.transfer import Transport
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import cluster  # noqa: E402
+
+W, H, FRAMES = 640, 480, 10_000
+MiB = 1 << 20
+INI = f"Input_File_Name=s.pov\nOutput_File_Name=f.png\nInitial_Frame=1\nFinal_Frame={FRAMES}\n"
+POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere{0,1 pigment{rgb clock}}\n"
+
+
+class Probe:
+    """GET /api/server every 20 ms; latencies (ms) per phase."""
+
+    def __init__(self, address: str):
+        self.address, self.phase, self.samples = address, "idle", {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.wait(0.02):
+                t0 = time.perf_counter()
+                http.get(self.address + "/api/server").raise_for_status()
+                self.samples.setdefault(self.phase, []).append((time.perf_counter() - t0) * 1000)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(35)
+
+
+def renderer(n: int, origin, job_id: int, work: Path, stop: threading.Event, counts: list[int]) -> None:
+    """A peer that leases frames of the job and uploads a checked-size PNG for each."""
+    ident = Identity.load_or_create(f"r{n}", work / f"r{n}.key")
+    ts = f"{time.time():.3f}"
+    address = f"http://127.0.0.1:{9000 + n}"
+    httpx.post(origin.address + "/fed/hello", json={
+        "name": ident.name, "address": address, "key": ident.public, "time": ts,
+        "signature": ident.sign(_hello_text(ident.name, address, ident.public, ts))}).raise_for_status()
+    opts = povini.parse(INI)
+    noise = Image.frombytes("RGB", (W, H), os.urandom(W * H * 3))
+    buf = io.BytesIO()
+    noise.save(buf, format="PNG", compress_level=1)
+    png = buf.getvalue()
+    transport = Transport(ident)
+    tar = work / f"r{n}.tar"
+    try:
+        while not stop.is_set():
+            resp = transport.call("POST", origin.address, f"/fed/jobs/{job_id}/lease", retries=0, to="a")
+            if resp.status_code == 204:
+                return
+            frame = int(resp.text.split("/frame/")[1].split('"')[0])
+            bundle.write_tar(tar, [(opts.output_name(frame), png)])
+            transport.upload(origin.address, f"/fed/jobs/{job_id}/frames/{frame}/result", tar, to="a")
+            counts[n] += 1
+    except DistrenError as e:
+        print(f"renderer {n}: {e}", file=sys.stderr)
+    finally:
+        transport.close()
+
+
+def summary(xs: list[float]) -> str:
+    xs = sorted(xs)
+    p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+    return f"n={len(xs):4d}  p50 {statistics.median(xs):6.1f} ms  p99 {p99:6.1f} ms  max {xs[-1]:6.1f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=1024, help="size of the big bundle's scene file")
+    ap.add_argument("--seconds", type=float, default=10, help="length of each measured phase")
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores; 8 renderers upload {W}x{H} PNGs; a {args.mib} MiB bundle")
+    with tempfile.TemporaryDirectory(prefix="distren-bench-latency-") as tmp, cluster("latency") as (start, _):
+        work = Path(tmp)
+        scene = work / "scene"
+        scene.mkdir()
+        (scene / "s.pov").write_text(POV)
+        (scene / "s.ini").write_text(INI)
+        pack(scene / "s.ini", work / "small.tar", W, H)
+        with open(scene / "big.bin", "wb") as f:
+            for _ in range(args.mib):
+                f.write(os.urandom(MiB))
+        pack(scene / "s.ini", work / "big.tar", W, H, "1-2")
+        (scene / "big.bin").unlink()
+
+        a = start("a", "--slots", "0")
+        url = a.client.submit(work / "small.tar")
+        job_id = int(url.rstrip("/").rsplit("/", 1)[1])
+        probe = Probe(a.address)
+        time.sleep(args.seconds)
+
+        probe.phase = "uploads"
+        stop = threading.Event()
+        counts = [0] * 8
+        threads = [threading.Thread(target=renderer, args=(n, a, job_id, work, stop, counts), daemon=True)
+                   for n in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds)
+
+        probe.phase = f"uploads + {args.mib} MiB submit"
+        t0 = time.perf_counter()
+        a.client.submit(work / "big.tar")
+        submit_s = time.perf_counter() - t0
+        stop.set()
+        for t in threads:
+            t.join(60)
+        probe.stop()
+        print(f"results accepted: {sum(counts)}; the big submit took {submit_s:.1f} s")
+    for phase, xs in probe.samples.items():
+        print(f"GET /api/server, {phase:24s} {summary(xs)}")
+
+
+if __name__ == "__main__":
+    main()
