@@ -81,7 +81,7 @@ def test_origin_killed_mid_job_and_restarted(trio, tmp_path):
     url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-10"))
     wait_for(lambda: status(a, url)["counts"]["done"] >= 2, what="two frames done")
     a.kill()
-    time.sleep(1.5)
+    time.sleep(1.5)  # an outage of a set length, the point of the test; nothing is waited for
     a.start()
     a.cli("wait", url, "--timeout", "120")
     st = status(a, url)

@@ -604,12 +604,11 @@ def test_pin_peer(store):
     store.peer_heard("beta", slots=4, rendering=["x"])
     p = store.peers()[0]
     assert (p["slots"], p["rendering"]) == (4, ["x"])
-    if hasattr(store, "remove_peer"):
-        store.remove_peer("beta")
-        assert store.peer_key("beta") is None
-        assert store.pin_peer("beta", "http://b:3", "KEY2") is True   # re-pinned deliberately
-        with pytest.raises(NotFound):
-            store.remove_peer("nobody")
+    store.remove_peer("beta")
+    assert store.peer_key("beta") is None
+    assert store.pin_peer("beta", "http://b:3", "KEY2") is True   # re-pinned deliberately
+    with pytest.raises(NotFound):
+        store.remove_peer("nobody")
 
 
 def test_pinned_key_survives_reopen(tmp_path):
@@ -676,8 +675,6 @@ def test_announcements_survive_reopen(tmp_path):
 
 
 def test_forget_announcement(store):
-    if not hasattr(store, "forget_announcement"):
-        pytest.skip("this version of the store has no forget_announcement")
     store.record_announcement("distren://beta/job/1", "beta", {"url": "b1"}, True)
     store.forget_announcement("distren://beta/job/1")
     assert bodies(store) == []

@@ -9,7 +9,14 @@ Frames: queued -> rendering -> done
                   rendering -> failed  (out of attempts; the reason is the renderer's message)
                   failed    -> queued  (retried by a user)
         queued -> blocked -> queued        (a frame it depends on failed / was retried)
-Jobs follow their frames (:func:`job_state_for`), except that cancelling is the user's call.
+Jobs:   queued -> rendering -> done        (jobs follow their frames, see job_state_for; done
+                                           only once the result is rebundled)
+        rendering -> queued                (its frames went back to the queue: a restart)
+        queued -> done                     (every frame was done before a restart)
+        queued -> failed -> queued         (a frame ran out of attempts; a user retried it)
+        rendering -> failed -> rendering
+        queued -> cancelled, rendering -> cancelled, failed -> cancelled  (the user's call)
+The tests read these arrows, so this picture and the tables below cannot drift apart.
 """
 
 from __future__ import annotations
