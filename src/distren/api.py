@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from . import __version__, bundle, identity
-from .errors import BundleError, Conflict, DistrenError, TooLarge, Unauthorized
+from .errors import BundleError, Conflict, DistrenError, Forbidden, TooLarge, Unauthorized
 from .service import Server
 
 log = logging.getLogger("distren.api")
@@ -58,6 +58,17 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
+def _bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header; the scheme is case-insensitive
+    (RFC 9110, section 11.1)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("send the token as 'Authorization: Bearer TOKEN'")
+    return token.strip() or None
+
+
 def _streams(method: str, path: str) -> bool:
     return (method == "POST" and path == "/api/jobs") or (method == "PUT" and path.endswith("/result"))
 
@@ -77,14 +88,19 @@ def create_app(server: Server) -> FastAPI:
         return JSONResponse({"error": f"internal server error ({type(exc).__name__}); see the server's log"},
                             status_code=500)
 
+    # --- who may do what (README "Users and access"): every /api/jobs/{ID} route takes its job
+    # through owned(), the one place that checks it --------------------------------------------
+
     def user(authorization: str | None = Header(default=None)) -> tuple[str, bool]:
-        token = authorization.removeprefix("Bearer ").strip() if authorization else None
-        return server.authenticate(token)
+        return server.authenticate(_bearer(authorization))
 
     def admin(u: tuple[str, bool] = Depends(user)) -> tuple[str, bool]:
         if not u[1]:
-            raise Unauthorized(f"user {u[0]!r} is not an admin; ask the server's admin to do this")
+            raise Forbidden(f"user {u[0]!r} is not an admin; ask the server's admin to do this")
         return u
+
+    def owned(job_id: int, u: tuple[str, bool] = Depends(user)) -> int:
+        return server.job_for(job_id, *u)
 
     @app.get("/api/server")
     def info():
@@ -115,43 +131,42 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/api/jobs", status_code=201)
     async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None)):
         path, _ = await receive_file(request, "upload", bundle.MAX_TOTAL_BYTES, "the upload")
-        job_id = await run_in_threadpool(server.submit, path, u[0], idempotency_key)
+        job_id = await run_in_threadpool(server.submit, path, u[0], idempotency_key, u[1])
         return {"url": str(server.job_url(job_id)), "id": job_id}
 
     @app.get("/api/jobs")
     def jobs(u=Depends(user)):
-        return server.jobs()
+        return server.jobs(*u)
 
     @app.get("/api/jobs/{job_id}")
-    def status(job_id: int, u=Depends(user)):
+    def status(job_id: int = Depends(owned)):
         return server.status(job_id)
 
     @app.get("/api/jobs/{job_id}/events")
-    def events(job_id: int, after: int = 0, u=Depends(user)):
-        server.store.get_job(job_id)
+    def events(after: int = 0, job_id: int = Depends(owned)):
         return [e.__dict__ for e in server.store.events(job_id, after)]
 
     @app.post("/api/jobs/{job_id}/cancel")
-    def cancel(job_id: int, u=Depends(user)):
+    def cancel(job_id: int = Depends(owned), u=Depends(user)):
         server.cancel(job_id, u[0])
         return server.status(job_id)
 
     @app.delete("/api/jobs/{job_id}")
-    def delete(job_id: int, u=Depends(user)):
+    def delete(job_id: int = Depends(owned), u=Depends(user)):
         server.delete(job_id, u[0])
         return {"deleted": str(server.job_url(job_id))}
 
     @app.post("/api/jobs/{job_id}/frames/{frame_id}/retry")
-    def retry(job_id: int, frame_id: int, u=Depends(user)):
+    def retry(frame_id: int, job_id: int = Depends(owned), u=Depends(user)):
         server.retry(job_id, frame_id, u[0])
         return server.status(job_id)
 
     @app.get("/api/jobs/{job_id}/frames/{frame_id}/log", response_class=PlainTextResponse)
-    def frame_log(job_id: int, frame_id: int, u=Depends(user)):
+    def frame_log(frame_id: int, job_id: int = Depends(owned)):
         return server.frame_log(job_id, frame_id)
 
     @app.get("/api/jobs/{job_id}/result")
-    def result(job_id: int, u=Depends(user)):
+    def result(job_id: int = Depends(owned)):
         return FileResponse(server.result(job_id), media_type="application/x-tar",
                             filename=f"{server.url.name}-job-{job_id}.tar")
 
@@ -299,9 +314,19 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/api/users", status_code=201)
     def add_user(body: dict, u=Depends(admin)):
         name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str):
-            raise DistrenError('send {"name": "USER"}')
-        token = server.add_user(name)
-        return {"user": str(server.url.user(name)), "token": token}
+        make_admin = body.get("admin", False) if isinstance(body, dict) else False
+        if not isinstance(name, str) or not isinstance(make_admin, bool):
+            raise DistrenError('send {"name": "USER"} and optionally "admin": true')
+        token = server.add_user(name, make_admin)
+        return {"user": str(server.url.user(name)), "token": token, "admin": make_admin}
+
+    @app.get("/api/users")
+    def users(u=Depends(admin)):
+        return server.users()
+
+    @app.post("/api/users/{name}/revoke")
+    def revoke_user(name: str, u=Depends(admin)):
+        newly = server.revoke_user(name)
+        return {"revoked": str(server.url.user(name)), "already": not newly}
 
     return app

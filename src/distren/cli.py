@@ -300,12 +300,37 @@ def peers_remove(name: str = typer.Argument(..., help="The peer's server name.")
 
 
 @user_app.command("add")
-def user_add(name: str = typer.Argument(...), server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+def user_add(name: str = typer.Argument(...),
+             admin: bool = typer.Option(False, "--admin", help="The new user may manage users and peers, and "
+                                        "sees every job."),
+             server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
     """Create a user (admin only); prints the new user's token."""
     with _client(server, token) as c:
-        res = c.add_user(name)
-    err.print(f"created {res['user']}")
+        res = c.add_user(name, admin)
+    err.print(f"created {res['user']}" + (" (admin)" if res.get("admin") else ""))
     print(res["token"])
+
+
+@user_app.command("list")
+def user_list(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
+              as_json: bool = typer.Option(False, "--json")):
+    """List the server's users (admin only): admin or not, revoked or not, how many jobs."""
+    rows = _ask(server, token, lambda c: c.users(), as_json)
+    if rows is None:
+        return
+    table = Table("user", "admin", "revoked", "jobs")
+    for u in rows:
+        table.add_row(u["name"], "yes" if u["admin"] else "", "revoked" if u["revoked"] else "", str(u["jobs"]))
+    out.print(table)
+
+
+@user_app.command("revoke")
+def user_revoke(name: str = typer.Argument(...), server: Optional[str] = ServerOpt,
+                token: Optional[str] = TokenOpt):
+    """Revoke a user (admin only): their token stops working at once; their jobs go on."""
+    with _client(server, token) as c:
+        res = c.revoke_user(name)
+    err.print(f"{res['revoked']} was revoked already" if res["already"] else f"revoked {res['revoked']}")
 
 
 @app.command()

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -130,8 +131,14 @@ class Client:
     def remove_peer(self, name: str) -> None:
         self._request("DELETE", f"/api/peers/{name}")
 
-    def add_user(self, name: str) -> dict:
-        return self._request("POST", "/api/users", json={"name": name}).json()
+    def add_user(self, name: str, admin: bool = False) -> dict:
+        return self._request("POST", "/api/users", json={"name": name, "admin": admin}).json()
+
+    def users(self) -> list[dict]:
+        return self._request("GET", "/api/users").json()
+
+    def revoke_user(self, name: str) -> dict:
+        return self._request("POST", f"/api/users/{quote(name, safe='')}/revoke").json()
 
     def wait(self, job: str | int, timeout: float | None = None, poll: float = 0.3,
              on_update: Callable[[dict], None] | None = None) -> dict:

@@ -34,6 +34,12 @@ class Unauthorized(DistrenError):
     status = 401
 
 
+class Forbidden(DistrenError):
+    """A valid token whose user may not do this (not an admin)."""
+
+    status = 403
+
+
 class Replayed(Unauthorized):
     """A signed request seen before."""
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from . import backends, bundle, jobfile, sandbox, states, urls
 from .federation import Federation, RemoteWork, check_address
 from .identity import Identity
-from .errors import BundleError, Conflict, DistrenError, JobFileError, NotFound, RenderError, Unauthorized
+from .errors import (BundleError, Conflict, DistrenError, InvalidURL, JobFileError, NotFound, RenderError,
+                     Unauthorized)
 from .fsutil import atomic_open, atomic_write, sha256_file
-from .store import Store
+from .store import Store, no_such_job
 
 log = logging.getLogger("distren")
 
@@ -121,6 +122,8 @@ class Server:
     # --- users ---------------------------------------------------------------------------
 
     def authenticate(self, token: str | None) -> tuple[str, bool]:
+        """The user a token belongs to, and whether they are an admin. Asked on every request,
+        so a revoked token stops working at once."""
         if not token:
             raise Unauthorized(
                 "no token: pass --token or set DISTREN_TOKEN (a server's first admin token is in "
@@ -128,18 +131,47 @@ class Server:
             )
         user = self.store.user_for_token(token)
         if user is None:
-            raise Unauthorized("the token is not valid on this server; check --token / DISTREN_TOKEN")
+            raise Unauthorized("the token is not valid on this server (wrong, or its user was revoked); "
+                               "check --token / DISTREN_TOKEN")
         return user
 
-    def add_user(self, name: str) -> str:
-        return self.store.add_user(urls.check_user_name(name))
+    def add_user(self, name: str, admin: bool = False) -> str:
+        if len(name) > 64:  # checked first: the name is not repeated back whole
+            raise InvalidURL(f"user name of {len(name)} characters is too long: use at most 64 letters, "
+                             "digits, '_', '.' or '-'")
+        return self.store.add_user(urls.check_user_name(name), admin=admin)
+
+    def revoke_user(self, name: str) -> bool:
+        """The user's token stops working now. Their jobs are left as they are (an admin may
+        still cancel them): revoking a person should not throw away work others wait for."""
+        revoked = self.store.revoke_user(name)
+        if revoked:
+            log.info("user %s revoked", self.url.user(name))
+        return revoked
+
+    def users(self) -> list[dict]:
+        counts = self.store.jobs_per_submitter()
+        return [{"name": u["name"], "url": str(self.url.user(u["name"])), "admin": u["admin"],
+                 "revoked": u["revoked"] is not None, "created": u["created"],
+                 "jobs": counts.get(str(self.url.user(u["name"])), 0)} for u in self.store.users()]
+
+    def job_for(self, job_id: int, user: str, admin: bool) -> int:
+        """``job_id`` if ``user`` may see and touch that job: their own, or any for an admin.
+        Another user's job is answered exactly like one that does not exist, so that its
+        existence is not told either."""
+        if not 0 <= job_id <= urls.MAX_ID:
+            raise no_such_job(job_id)
+        job = self.store.get_job(job_id)
+        if not admin and job.submitter != str(self.url.user(user)):
+            raise no_such_job(job_id)
+        return job_id
 
     # --- jobs ----------------------------------------------------------------------------
 
     def job_url(self, job_id: int) -> urls.JobURL:
         return self.url.job(job_id)
 
-    def submit(self, upload: Path, user: str, upload_key: str | None = None) -> int:
+    def submit(self, upload: Path, user: str, upload_key: str | None = None, admin: bool = False) -> int:
         """Validate an uploaded bundle and make it a job. Nothing is kept if it is refused."""
         if upload_key:
             existing = self.store.job_for_upload_key(user, upload_key)
@@ -155,7 +187,7 @@ class Server:
                 raise BundleError(f"the bundle has no {SCENE_DIR}/ folder holding the scene; make one with `distren pack`")
             jf = jobfile.loads(bundle.read_member(upload, jobfile.FILENAME))
             jf.check_dependencies()
-            self._check_foreign_deps(jf)
+            self._check_foreign_deps(jf, user, admin)
             backend = backends.for_job(jf.type)
             for f in jf.frames:
                 if f.type:
@@ -179,8 +211,10 @@ class Server:
         self._wake.set()
         return job_id
 
-    def _check_foreign_deps(self, jf: jobfile.JobFile) -> None:
-        """Dependencies on other jobs must name frames that exist: here, or on a known server."""
+    def _check_foreign_deps(self, jf: jobfile.JobFile, user: str, admin: bool) -> None:
+        """Dependencies on other jobs must name frames that exist: here, or on a known server.
+        Here, only the submitter's own jobs count (any job for an admin): a dependency's files
+        land in the frame's folder, so another user's frames would be theirs to read."""
         for f in jf.frames:
             for target in jf.dependency_targets(f):
                 if isinstance(target, int):
@@ -188,6 +222,7 @@ class Server:
                 where = f"{jobfile.FILENAME}: frame/{f.id} depends on {target}"
                 if target.server == self.url.name:
                     try:
+                        self.job_for(target.job_id, user, admin)
                         self.store.frame(target.job_id, target.frame_id)
                     except NotFound:
                         raise JobFileError(f"{where}, which does not exist on this server") from None
@@ -278,9 +313,10 @@ class Server:
             ],
         }
 
-    def jobs(self) -> list[dict]:
+    def jobs(self, user: str, admin: bool) -> list[dict]:
+        """The jobs ``user`` may see: their own, or every job for an admin."""
         out = []
-        for job in self.store.list_jobs():
+        for job in self.store.list_jobs(None if admin else str(self.url.user(user))):
             counts = self.store.frame_counts(job.id)
             out.append({"url": str(self.job_url(job.id)), "id": job.id, "state": job.state,
                         "reason": job.reason, "submitter": job.submitter, "created": job.created,

@@ -118,6 +118,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX deps_by_target ON deps(dep, target_state);
     """,
+    # 4: revoking a user. The row stays, so its name is never handed to someone else (its jobs
+    # keep naming it as their submitter); a revoked user's token matches nothing.
+    """
+    ALTER TABLE users ADD COLUMN revoked REAL;
+    CREATE INDEX jobs_by_submitter ON jobs(submitter, id);
+    """,
 ]
 
 
@@ -261,9 +267,36 @@ class Store:
 
     def user_for_token(self, token: str) -> tuple[str, bool] | None:
         with self._lock:
-            row = self._db.execute("SELECT name, admin FROM users WHERE token_sha256=?",
+            row = self._db.execute("SELECT name, admin FROM users WHERE token_sha256=? AND revoked IS NULL",
                                    (_hash_token(token),)).fetchone()
         return (row["name"], bool(row["admin"])) if row else None
+
+    def users(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, admin, revoked, created FROM users ORDER BY name").fetchall()
+        return [dict(r, admin=bool(r["admin"])) for r in rows]
+
+    def jobs_per_submitter(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT submitter, COUNT(*) FROM jobs GROUP BY submitter").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def revoke_user(self, name: str) -> bool:
+        """Stop a user's token from working (in one transaction with the last-admin check, so
+        two admins revoking each other at once cannot leave the server without one). False if
+        the user was revoked already."""
+        with self._tx() as db:
+            row = db.execute("SELECT admin, revoked FROM users WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no user {_shown(name)} on this server; `distren user list` lists them")
+            if row["revoked"] is not None:
+                return False
+            if row["admin"] and db.execute("SELECT COUNT(*) FROM users WHERE admin=1 AND revoked IS NULL"
+                                           " AND name!=?", (name,)).fetchone()[0] == 0:
+                raise Conflict(f"user {name!r} is the last admin of this server; make another admin first "
+                               "(`distren user add NAME --admin`), then revoke this one")
+            db.execute("UPDATE users SET revoked=? WHERE name=?", (time.time(), name))
+        return True
 
     def has_users(self) -> bool:
         with self._lock:
@@ -381,12 +414,16 @@ class Store:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
-            raise NotFound(f"no job {job_id} on this server; `distren jobs` lists the jobs it has")
+            raise no_such_job(job_id)
         return _job(row)
 
-    def list_jobs(self) -> list[JobRow]:
+    def list_jobs(self, submitter: str | None = None) -> list[JobRow]:
+        """Every job, or only those ``submitter`` submitted."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+            if submitter is None:
+                rows = self._db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+            else:
+                rows = self._db.execute("SELECT * FROM jobs WHERE submitter=? ORDER BY id", (submitter,)).fetchall()
         return [_job(r) for r in rows]
 
     def frames(self, job_id: int) -> list[FrameRow]:
@@ -707,6 +744,17 @@ class Store:
             self.changed.wait_for(lambda: self.version != version, timeout=timeout)
             return self.version
 
+
+
+def no_such_job(job_id: int) -> NotFound:
+    """The one answer for a job that does not exist, and for one the asker may not see: the
+    two must not be told apart."""
+    return NotFound(f"no job {job_id} on this server; `distren jobs` lists the jobs it has")
+
+
+def _shown(name: str) -> str:
+    """A name from a request, quoted for a message and cut short: it may be megabytes long."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + f"... ({len(name)} characters)"
 
 
 def _job_for_upload_key(db, submitter: str, key: str) -> int | None:
