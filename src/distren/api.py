@@ -73,14 +73,17 @@ def _streams(method: str, path: str) -> bool:
     return (method == "POST" and path == "/api/jobs") or (method == "PUT" and path.endswith("/result"))
 
 
+async def error_answer(request: Request, exc: DistrenError) -> JSONResponse:
+    """The one way an error becomes an answer; :func:`distren.errors.from_status` reads it back."""
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="distren", version=__version__)
     app.state.server = server
     app.add_middleware(BodyLimit)
 
-    @app.exception_handler(DistrenError)
-    async def distren_error(request: Request, exc: DistrenError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    app.add_exception_handler(DistrenError, error_answer)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -96,7 +99,7 @@ def create_app(server: Server) -> FastAPI:
 
     def admin(u: tuple[str, bool] = Depends(user)) -> tuple[str, bool]:
         if not u[1]:
-            raise Forbidden(f"user {u[0]!r} is not an admin; ask the server's admin to do this")
+            raise Forbidden(f"user {u[0]!r} is not an admin")
         return u
 
     def owned(job_id: int, u: tuple[str, bool] = Depends(user)) -> int:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .client import DEFAULT_SERVER, Client
-from .errors import DistrenError
+from .errors import DistrenError, Forbidden, Unauthorized
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="distren: a federated distributed renderer (POV-Ray first).")
@@ -341,6 +341,14 @@ def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output")):
     run(output)
 
 
+# The server's answers describe the problem; what to do about it from a shell is the CLI's to say.
+_ADVICE = {
+    Unauthorized: "Pass --token or set DISTREN_TOKEN. A server's first admin token is in its DATA/admin.token; "
+                  "`distren user add NAME` (run by an admin) makes more.",
+    Forbidden: "Ask the server's admin to do this.",
+}
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting with it.
@@ -348,6 +356,8 @@ def main() -> None:
         sys.exit(rc if isinstance(rc, int) else 0)
     except DistrenError as e:
         err.print(f"[red]error:[/] {e}", highlight=False)
+        if advice := _ADVICE.get(type(e)):
+            err.print(advice, highlight=False)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)

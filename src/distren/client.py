@@ -19,12 +19,10 @@ from urllib.parse import quote
 import httpx
 
 from . import bundle, urls
-from .errors import (Conflict, DistrenError, NotFound, ServerUnreachable,
-                     Unauthorized)
+from .errors import NotFound, ServerUnreachable, from_status, message_of
 
 DEFAULT_SERVER = "http://127.0.0.1:8311"
 CHUNK = 1 << 20
-_BY_STATUS = {401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict}
 
 
 class Client:
@@ -186,16 +184,8 @@ def _chunks(f) -> Iterator[bytes]:
 
 
 def _raise_for(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        msg = resp.json().get("error") or resp.text
-    except ValueError:
-        msg = resp.text or resp.reason_phrase
-    if resp.status_code == 422:
-        msg = f"the server did not understand the request: {msg}"
-    cls = _BY_STATUS.get(resp.status_code, DistrenError)
-    raise cls(msg)
+    if resp.status_code >= 400:
+        raise from_status(resp.status_code, message_of(resp.content, resp.reason_phrase))
 
 
 __all__ = ["Client", "DEFAULT_SERVER"]

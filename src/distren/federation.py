@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from . import backends, bundle, jobfile, states, urls
-from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
-from .identity import MAX_SKEW, Identity, SignatureError, parse_time, verify
+from .errors import (BundleError, Conflict, DistrenError, Gone, NotFound, ServerUnreachable, SignatureError,
+                     Unauthorized)
+from .identity import MAX_SKEW, Identity, parse_time, verify
 from .fsutil import sha256_file, sha256_stream
-from .transfer import Gone, Transport
+from .transfer import Transport
 
 if TYPE_CHECKING:
     from .service import Server
@@ -334,7 +335,7 @@ class Federation:
                 log.info("origin %s refused a lease on %s (%s)", origin, job, e)
                 self._back_off(ann["job"], IDLE_JOB_BACKOFF)
                 continue
-            except SignatureError:
+            except Unauthorized:
                 try:  # the origin may not know us yet: introduce ourselves, then ask again
                     self.introduce(address)
                     work = self._lease(address, job)
@@ -395,7 +396,7 @@ class Federation:
                                            to=work.origin)
                 # What the origin granted, measured on our clock (clocks may differ).
                 interval = max(0.2, self._granted(resp) / 3)
-            except (Conflict, Gone, NotFound, SignatureError) as e:
+            except (Conflict, Gone, NotFound, Unauthorized) as e:
                 log.warning("lost the lease on %s/frame/%s: %s", work.job, work.frame.id, e)
                 work.lost.set()
                 on_lost()

@@ -28,16 +28,12 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from .errors import DistrenError
+from .errors import SignatureError
 from .fsutil import atomic_write
 
 H_SERVER, H_TIME, H_NONCE, H_SIG = "X-Distren-Server", "X-Distren-Time", "X-Distren-Nonce", "X-Distren-Signature"
 MAX_SKEW = 120.0
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-class SignatureError(DistrenError):
-    status = 401
 
 
 def b64(data: bytes) -> str:

@@ -13,13 +13,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import DistrenError
+from .errors import SandboxUnavailable
 
 WORKDIR = "/work"
-
-
-class SandboxUnavailable(DistrenError):
-    pass
 
 
 @functools.cache

@@ -125,14 +125,10 @@ class Server:
         """The user a token belongs to, and whether they are an admin. Asked on every request,
         so a revoked token stops working at once."""
         if not token:
-            raise Unauthorized(
-                "no token: pass --token or set DISTREN_TOKEN (a server's first admin token is in "
-                "its DATA/admin.token; `distren user add NAME` makes more)"
-            )
+            raise Unauthorized("this request needs a user's token (Authorization: Bearer TOKEN)")
         user = self.store.user_for_token(token)
         if user is None:
-            raise Unauthorized("the token is not valid on this server (wrong, or its user was revoked); "
-                               "check --token / DISTREN_TOKEN")
+            raise Unauthorized("the token is not valid on this server (wrong, or its user was revoked)")
         return user
 
     def add_user(self, name: str, admin: bool = False) -> str:

@@ -16,31 +16,17 @@ from pathlib import Path
 
 import httpx
 
-from .errors import BundleError, Conflict, DistrenError, NotFound, ServerUnreachable
+from .errors import BundleError, DistrenError, RemoteError, ServerUnreachable, from_status, message_of
 from .fsutil import atomic_write_stream, sha256_file
-from .identity import EMPTY_SHA256, Identity, SignatureError
+from .identity import EMPTY_SHA256, Identity
 
 log = logging.getLogger("distren.transfer")
 CHUNK = 1 << 20
 
 
-class Gone(DistrenError):
-    """The remote job is finished or cancelled."""
-
-    status = 410
-
-
-_BY_STATUS = {401: SignatureError, 404: NotFound, 409: Conflict, 410: Gone}
-
-
 def _raise_for(resp: httpx.Response, what: str) -> None:
-    if resp.status_code < 400:
-        return
-    try:
-        msg = resp.json().get("error", resp.text)
-    except ValueError:
-        msg = resp.text
-    raise _BY_STATUS.get(resp.status_code, DistrenError)(f"{what}: {msg}")
+    if resp.status_code >= 400:
+        raise from_status(resp.status_code, f"{what}: {message_of(resp.content, resp.reason_phrase)}")
 
 
 class Transport:
@@ -61,7 +47,7 @@ class Transport:
             else:
                 if resp.status_code < 500:
                     return resp
-                err = DistrenError(f"{what}: HTTP {resp.status_code}")
+                err = RemoteError(f"{what}: HTTP {resp.status_code}")
             if n == retries:
                 raise err
             time.sleep(delay)
@@ -110,14 +96,9 @@ class Transport:
             try:
                 headers = self.identity.sign_request("GET", path, to=to)
                 with self.http.stream("GET", base + path, headers=headers) as resp:
-                    if 400 <= resp.status_code < 500:
+                    if resp.status_code >= 400:
                         resp.read()
-                        try:
-                            _raise_for(resp, what)
-                        except DistrenError as e:
-                            raise _Final(str(e)) from None
-                    if resp.status_code >= 500:
-                        raise DistrenError(f"{what}: HTTP {resp.status_code}")
+                        _raise_for(resp, what)
                     got, _ = atomic_write_stream(dest, resp.iter_bytes(CHUNK), limit)
                 if sha256 and got != sha256:
                     dest.unlink(missing_ok=True)
@@ -126,16 +107,12 @@ class Transport:
             except ValueError as e:  # over the size limit
                 raise BundleError(f"{what}: {e}") from None
             except (httpx.TransportError, DistrenError) as e:
-                if isinstance(e, _Final) or n == retries:
+                if (isinstance(e, DistrenError) and e.final) or n == retries:
                     raise
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
-
-
-class _Final(DistrenError):
-    """A 4xx answer to a download: asking again will not help."""
 
 
 def _chunks(f) -> Iterator[bytes]:
