@@ -153,7 +153,7 @@ def test_bad_bundles_are_refused_and_server_keeps_serving(shared_server, tmp_pat
 def test_tokens(shared_server, tmp_path):
     assert (shared_server.data / "admin.token").stat().st_mode & 0o777 == 0o600
     res = shared_server.cli("jobs", token="", check=False)
-    assert res.returncode == 1 and "no token" in res.stderr
+    assert res.returncode == 1 and "no token" in res.stderr and "DISTREN_TOKEN" in res.stderr  # the CLI's advice
     res = shared_server.cli("jobs", token="wrong", check=False)
     assert res.returncode == 1 and "not valid" in res.stderr
     token = shared_server.cli("user", "add", "carol").stdout.strip().splitlines()[-1]
@@ -162,7 +162,7 @@ def test_tokens(shared_server, tmp_path):
     st = json.loads(shared_server.cli("status", url, "--json", token=token).stdout)
     assert st["submitter"] == "distren://shared/user/carol"
     res = shared_server.cli("user", "add", "mallory", token=token, check=False)
-    assert res.returncode == 1 and "not an admin" in res.stderr
+    assert res.returncode == 1 and "not an admin" in res.stderr and "Ask the server's admin" in res.stderr
     res = shared_server.cli("user", "add", "carol", check=False)
     assert res.returncode == 1 and "already exists" in res.stderr
 

@@ -125,7 +125,7 @@ class Server:
         """The user a token belongs to, and whether they are an admin. Asked on every request,
         so a revoked token stops working at once."""
         if not token:
-            raise Unauthorized("this request needs a user's token (Authorization: Bearer TOKEN)")
+            raise Unauthorized("no token: this request needs a user's (Authorization: Bearer TOKEN)")
         user = self.store.user_for_token(token)
         if user is None:
             raise Unauthorized("the token is not valid on this server (wrong, or its user was revoked)")
