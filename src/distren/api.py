@@ -125,7 +125,7 @@ def create_app(server: Server) -> FastAPI:
                     h.update(chunk)
                     f.write(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                await run_in_threadpool(os.fsync, f.fileno())
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -211,7 +211,7 @@ def create_app(server: Server) -> FastAPI:
             body += chunk
             if len(body) > MAX_SIGNED_BODY:
                 raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
-        return verify(request, hashlib.sha256(body).hexdigest()), body
+        return await run_in_threadpool(verify, request, hashlib.sha256(body).hexdigest()), body
 
     def json_body(body: bytes) -> dict:
         try:
@@ -235,19 +235,25 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/fed/state")
     async def fed_state(request: Request):
         sender, _ = await signed(request)
-        server.store.peer_heard(sender)
-        return fed.state()
+
+        def heard():
+            server.store.peer_heard(sender)
+            return fed.state()
+        return await run_in_threadpool(heard)
+
+    def grant(request: Request):
+        job_id = int(request.path_params["job_id"])
+        if int(request.headers.get("content-length") or 0):
+            raise DistrenError("a lease request has no body")
+        nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
+        sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
+        return fed.grant_lease(sender, job_id, nonces[0])
 
     async def lease(request: Request):
         # The busiest call a server answers (every idle slot of every peer asks), so it is a
         # plain Starlette route: no FastAPI parameter machinery between the socket and the work.
         try:
-            job_id = int(request.path_params["job_id"])
-            if int(request.headers.get("content-length") or 0):
-                raise DistrenError("a lease request has no body")
-            nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
-            sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
-            granted = fed.grant_lease(sender, job_id, nonces[0])
+            granted = await run_in_threadpool(grant, request)
         except DistrenError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         if granted is None:
@@ -262,9 +268,12 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/fed/jobs/{job_id}/bundle")
     async def job_bundle(job_id: int, request: Request):
         await signed(request)
-        fed._own_job(job_id)
-        return FileResponse(server.store.seed_path(job_id), media_type="application/x-tar",
-                            headers={"X-Content-SHA256": server.bundle_sha256(job_id)})
+
+        def bundle_of():
+            fed._own_job(job_id)
+            return FileResponse(server.store.seed_path(job_id), media_type="application/x-tar",
+                                headers={"X-Content-SHA256": server.bundle_sha256(job_id)})
+        return await run_in_threadpool(bundle_of)
 
     @app.get("/fed/jobs/{job_id}/frames/{frame_id}")
     async def fed_frame(job_id: int, frame_id: int, request: Request):
@@ -274,20 +283,23 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
     async def fed_frame_files(job_id: int, frame_id: int, request: Request):
         await signed(request)
-        if server.store.frame(job_id, frame_id).state != "done":
-            raise Conflict(f"frame {frame_id} of job {job_id} is not done")
-        return FileResponse(server.store.frame_tar(job_id, frame_id), media_type="application/x-tar")
+
+        def files_of():
+            if server.store.frame(job_id, frame_id).state != "done":
+                raise Conflict(f"frame {frame_id} of job {job_id} is not done")
+            return FileResponse(server.store.frame_tar(job_id, frame_id), media_type="application/x-tar")
+        return await run_in_threadpool(files_of)
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
     async def renew(job_id: int, frame_id: int, request: Request):
         sender, _ = await signed(request)
-        expires = fed.renew(sender, job_id, frame_id)
+        expires = await run_in_threadpool(fed.renew, sender, job_id, frame_id)
         return JSONResponse({"expires": expires}, headers={"X-Distren-Now": f"{time.time():.3f}"})
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/log")
     async def remote_log(job_id: int, frame_id: int, request: Request):
         sender, body = await signed(request)
-        fed.accept_log(sender, job_id, frame_id, str(json_body(body).get("log", "")))
+        await run_in_threadpool(fed.accept_log, sender, job_id, frame_id, str(json_body(body).get("log", "")))
         return {"ok": True}
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/failed")
@@ -303,8 +315,8 @@ def create_app(server: Server) -> FastAPI:
         # The signature covers the digest the sender claims: check it before taking any bytes,
         # then stream to disk while hashing and compare.
         claimed = request.headers.get("X-Content-SHA256", "")
-        sender = verify(request, claimed)
-        fed.leased_to_or_done(sender, job_id, frame_id)
+        sender = await run_in_threadpool(verify, request, claimed)
+        await run_in_threadpool(fed.leased_to_or_done, sender, job_id, frame_id)
         path, digest = await receive_file(request, "result", MAX_RESULT_BYTES, "the frame tarball")
         try:
             if digest != claimed:
