@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,24 +42,40 @@ POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere
 
 
 class Probe:
-    """GET /api/server every 20 ms; latencies (ms) per phase."""
+    """GET /api/server every 20 ms from a process of its own (this one's renderer threads would
+    otherwise hold the GIL the probe needs and be measured as the server's latency); latencies
+    (ms) per phase."""
 
     def __init__(self, address: str):
-        self.address, self.phase, self.samples = address, "idle", {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.phase = "idle"
+        self._phases: list[tuple[float, str]] = [(time.time(), "idle")]
+        self._proc = subprocess.Popen([sys.executable, __file__, "--probe", address], stdout=subprocess.PIPE,
+                                      text=True)
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=30) as http:
-            while not self._stop.wait(0.02):
-                t0 = time.perf_counter()
-                http.get(self.address + "/api/server").raise_for_status()
-                self.samples.setdefault(self.phase, []).append((time.perf_counter() - t0) * 1000)
+    def __setattr__(self, name, value):
+        if name == "phase" and "_phases" in self.__dict__:
+            self._phases.append((time.time(), value))
+        super().__setattr__(name, value)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(35)
+    def stop(self) -> dict[str, list[float]]:
+        self._proc.terminate()
+        out, _ = self._proc.communicate(35)
+        samples: dict[str, list[float]] = {}
+        for line in out.splitlines():
+            at, ms = (float(v) for v in line.split())
+            phase = [p for t, p in self._phases if t <= at][-1:] or ["idle"]
+            samples.setdefault(phase[0], []).append(ms)
+        return samples
+
+
+def run_probe(address: str) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with httpx.Client(timeout=30) as http:
+        while True:
+            time.sleep(0.02)
+            at, t0 = time.time(), time.perf_counter()
+            http.get(address + "/api/server").raise_for_status()
+            print(f"{at:.3f} {(time.perf_counter() - t0) * 1000:.2f}", flush=True)
 
 
 def renderer(n: int, origin, job_id: int, work: Path, stop: threading.Event, counts: list[int]) -> None:
@@ -97,6 +115,8 @@ def summary(xs: list[float]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--probe"]:
+        return run_probe(sys.argv[2])
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024, help="size of the big bundle's scene file")
     ap.add_argument("--seconds", type=float, default=10, help="length of each measured phase")
@@ -137,9 +157,9 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join(60)
-        probe.stop()
+        samples = probe.stop()
         print(f"results accepted: {sum(counts)}; the big submit took {submit_s:.1f} s")
-    for phase, xs in probe.samples.items():
+    for phase, xs in samples.items():
         print(f"GET /api/server, {phase:24s} {summary(xs)}")
 
 

@@ -106,7 +106,7 @@ def create_app(server: Server) -> FastAPI:
         return server.job_for(job_id, *u)
 
     @app.get("/api/server")
-    def info():
+    async def info():  # no I/O: answered on the event loop, not queued behind the thread pool
         return {"name": server.url.name, "url": str(server.url), "slots": server.settings.slots,
                 "version": __version__}
 
