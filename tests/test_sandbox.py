@@ -109,7 +109,14 @@ def test_many_files_fail_naming_file_count(tmp_path):
     out = sh(tmp_path, "i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done")
     assert out.limit == "files"
     assert "wrote more than 50 files" in out.reason and "--max-files" in out.reason
-    assert len(os.listdir(tmp_path / "work")) < 3000
+
+
+def test_endless_files_are_stopped_while_running(tmp_path):
+    started = time.monotonic()
+    out = sh(tmp_path, "i=0; while :; do : > f$i; i=$((i+1)); done")
+    assert out.limit == "files"
+    assert time.monotonic() - started < 10
+    assert len(os.listdir(tmp_path / "work")) < 100_000
 
 
 def test_files_already_there_do_not_count(tmp_path):
