@@ -63,10 +63,14 @@ def serve(
                                             "(default: http://LISTEN)."),
     lease_timeout: float = typer.Option(180.0, "--lease-timeout", help="Seconds a frame stays leased to another "
                                         "server without a renewal."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send "
+                                         "its request headers before it is dropped."),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
+                                                  "one more evicts the longest waiting for its headers "
+                                                  "(default: what the open-file limit allows, up to 10000)."),
 ):
     """Run a distren server."""
-    import uvicorn
-
+    from . import httpserver
     from .api import create_app
     from .service import DEFAULT_SLOTS, Server, Settings
 
@@ -79,6 +83,7 @@ def serve(
             raise DistrenError(f"--listen {listen} listens on every address; say which one peers use with --advertise")
         advertise = f"http://{listen}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    http_limits = httpserver.limits(header_timeout, max_connections)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
                              frame_timeout=frame_timeout, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout))
@@ -86,7 +91,7 @@ def serve(
     err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "
               f"admin token in {data / 'admin.token'}")
     try:
-        uvicorn.run(create_app(server), host=host, port=int(port), log_level="warning", access_log=False)
+        httpserver.serve(create_app(server), host, int(port), http_limits)
     finally:
         server.stop()
 
