@@ -220,7 +220,7 @@ def run_load(workload: str, config: tuple, bundle: Path, seconds: float, profile
 BUCKETS = [
     ("jobfile.loads of the job's whole distrenjob.xml", r"^loads \(distren/jobfile", ()),
     ("JobFile.with_frames + to_xml (the answer)", r"JobFile\.(to_xml|with_frames)", ()),
-    ("Store.claim_frame (SQLite write transaction)", r"Store\.claim_frame", ()),
+    ("Lifecycle.claim (SQLite write transaction)", r"Lifecycle\.claim", ()),
     ("Store.seen_nonce (its own SQLite write transaction)", r"Store\.seen_nonce", ()),
     ("Store.peer_key (SQLite read)", r"Store\.peer_key", ()),
     ("Store.get_job (SELECT * with the jobfile)", r"Store\.get_job", ()),

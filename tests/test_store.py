@@ -1,5 +1,6 @@
 """The SQLite store, against real database files: migrations, ids, the frame/job state machine
-and its event log, leases, peers, nonces, announcements, and what survives SIGKILL."""
+(made by distren.lifecycle, executed by the store) and its event log, leases, peers, nonces,
+announcements, and what survives SIGKILL."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from distren import states
 from distren import store as store_mod
 from distren.errors import Conflict, DistrenError, NotFound
+from distren.lifecycle import Lifecycle
 from distren.states import CANCELLED, DONE, FAILED, QUEUED, RENDERING
 from distren.store import MIGRATIONS, Store
 
@@ -29,13 +31,14 @@ SRC = Path(store_mod.__file__).resolve().parents[1]  # the child imports the sam
 _staged = itertools.count()
 
 
-def new_job(store: Store, frames=(1, 2, 3), submitter="alpha/~ann", upload_key=None, jobfile=None) -> int:
+def new_job(store: Store, frames=(1, 2, 3), submitter="alpha/~ann", upload_key=None, jobfile=None,
+            life: Lifecycle | None = None) -> int:
     staged = store.staging_dir() / f"staged-{os.getpid()}-{next(_staged)}"
     staged.mkdir()
     (staged / "seed.tar").write_bytes(b"seed")
     (staged / "scene").mkdir()
-    return store.create_job(submitter, "povray", list(frames),
-                            jobfile or (lambda jid: f"<job id='{jid}'/>".encode()), staged, upload_key)
+    return (life or Lifecycle(store)).create_job(submitter, "povray", list(frames),
+                                                 jobfile or (lambda jid: f"<job id='{jid}'/>".encode()), staged, upload_key)
 
 
 @pytest.fixture
@@ -43,6 +46,11 @@ def store(tmp_path):
     s = Store(tmp_path / "data")
     yield s
     s.close()
+
+
+@pytest.fixture
+def life(store):
+    return Lifecycle(store)
 
 
 def raw(store_or_dir) -> sqlite3.Connection:
@@ -166,8 +174,9 @@ def test_upgrade_from_the_first_schema(tmp_path):
     db.commit()
     db.close()
     s = Store(d)
+    life = Lifecycle(s)
     try:
-        assert s.claim_frame("me", lease_expires=123.0) == (1, 1)
+        assert life.claim("me", lease_expires=123.0) == (1, 1)
         assert lease_of(s, 1, 1) == 123.0
         assert s.pin_peer("beta", "http://b", "KEY") is True
     finally:
@@ -194,7 +203,7 @@ def test_create_job_moves_the_staged_folder(store):
     staged = store.staging_dir() / "up.d"
     (staged / "scene").mkdir(parents=True)
     (staged / "seed.tar").write_bytes(b"SEED")
-    job = store.create_job("alpha/~ann", "povray", [3, 1, 2], lambda jid: f"id={jid}".encode(), staged, "k1")
+    job = Lifecycle(store).create_job("alpha/~ann", "povray", [3, 1, 2], lambda jid: f"id={jid}".encode(), staged, "k1")
     assert not staged.exists()
     assert store.seed_path(job).read_bytes() == b"SEED"
     assert store.scene_dir(job).is_dir()
@@ -228,7 +237,7 @@ def test_create_job_rolls_back_and_the_id_is_not_handed_out(store):
         raise RuntimeError("cannot write the job file")
 
     with pytest.raises(RuntimeError):
-        store.create_job("u", "povray", [1], boom, staged, None)
+        Lifecycle(store).create_job("u", "povray", [1], boom, staged, None)
     assert staged.is_dir()  # the caller still owns it
     assert [j.id for j in store.list_jobs()] == [first]
     assert new_job(store) == first + 1
@@ -237,55 +246,58 @@ def test_create_job_rolls_back_and_the_id_is_not_handed_out(store):
 
 def test_job_ids_never_reused_after_delete_and_reopen(tmp_path):
     s = Store(tmp_path / "d")
+    life = Lifecycle(s)
     a, b = new_job(s), new_job(s)
-    s.cancel_job(b, "ann")
-    s.delete_job(b)  # the highest id goes
+    life.cancel(b, "ann")
+    life.delete(b, "ann")  # the highest id goes
     with pytest.raises(NotFound):
         s.get_job(b)
     assert s.events(b) == [] and s.frames(b) == []
     s.close()
     s = Store(tmp_path / "d")
+    life = Lifecycle(s)
     c = new_job(s)
     assert c > b > a
-    s.cancel_job(a, "ann")
-    s.cancel_job(c, "ann")
-    s.delete_job(a)
-    s.delete_job(c)
+    life.cancel(a, "ann")
+    life.cancel(c, "ann")
+    life.delete(a, "ann")
+    life.delete(c, "ann")
     s.close()
     s = Store(tmp_path / "d")
+    life = Lifecycle(s)
     assert s.list_jobs() == []
     assert new_job(s) > c
     s.close()
 
 
-def test_delete_job_refuses_live_and_unknown_jobs(store):
+def test_delete_job_refuses_live_and_unknown_jobs(store, life):
     job = new_job(store, frames=[1])
     with pytest.raises(Conflict, match="cancel it before deleting"):
-        store.delete_job(job)
+        life.delete(job, "ann")
     with pytest.raises(NotFound):
-        store.delete_job(999)
-    store.claim_frame("me")
-    store.fail_frame(job, 1, "boom")
+        life.delete(999, "ann")
+    life.claim("me")
+    life.render_failed(job, 1, "me", "boom", 1)
     assert store.get_job(job).state == FAILED
-    store.delete_job(job)  # failed is final
+    life.delete(job, "ann")  # failed is final
     assert store.list_jobs() == []
 
 
-def test_unknown_job_and_frame(store):
+def test_unknown_job_and_frame(store, life):
     job = new_job(store, frames=[1])
     with pytest.raises(NotFound):
         store.get_job(job + 1)
     with pytest.raises(NotFound):
         store.frame(job, 2)
-    for call in (lambda: store.finish_frame(job, 2, "me", []), lambda: store.requeue_frame(job, 2, "x"),
-                 lambda: store.fail_frame(job, 2, "x"), lambda: store.cancel_job(job + 1, "ann")):
+    for call in (lambda: life.finish(job, 2, "me", []), lambda: life.release(job, 2, "me", "x"),
+                 lambda: life.render_failed(job, 2, "me", "x", 1), lambda: life.cancel(job + 1, "ann")):
         with pytest.raises(NotFound):
             call()
 
 
-def test_retry_frame_of_unknown_job_is_not_found(store):
+def test_retry_frame_of_unknown_job_is_not_found(store, life):
     try:
-        store.retry_frame(999, 1, "ann")
+        life.retry(999, 1, "ann")
     except NotFound:
         return
     except Exception as e:  # noqa: BLE001
@@ -293,9 +305,9 @@ def test_retry_frame_of_unknown_job_is_not_found(store):
     raise AssertionError("no error")
 
 
-def test_mark_job_done_of_unknown_job_is_not_found(store):
+def test_mark_job_done_of_unknown_job_is_not_found(store, life):
     try:
-        store.mark_job_done(999)
+        life.job_done(999)
     except NotFound:
         return
     except Exception as e:  # noqa: BLE001
@@ -316,87 +328,93 @@ def test_duplicate_upload_key_is_not_a_raw_sqlite_error(store):
 
 # --- claiming and the frame state machine -----------------------------------------------------
 
-def test_claim_order_oldest_job_then_lowest_frame(store):
+def test_claim_order_oldest_job_then_lowest_frame(store, life):
     a = new_job(store, frames=[5, 2, 9])
     b = new_job(store, frames=[1])
-    assert store.claim_frame("me", job_id=b) == (b, 1)
-    got = [store.claim_frame("me") for _ in range(4)]
+    assert life.claim("me", job_id=b) == (b, 1)
+    got = [life.claim("me") for _ in range(4)]
     assert got == [(a, 2), (a, 5), (a, 9), None]
-    assert store.claim_frame("me", job_id=a) is None
+    assert life.claim("me", job_id=a) is None
     f = store.frame(a, 2)
-    assert (f.state, f.server, f.attempts, f.reason) == (RENDERING, "me", 1, "rendering on me")
+    assert (f.state, f.server, f.attempts, f.reason) == (RENDERING, "me", 0, "rendering on me")  # a claim is no failed render
     assert f.started is not None
     assert store.get_job(a).state == RENDERING
 
 
-def test_requeued_frame_is_claimed_again_before_later_ones(store):
+def test_requeued_frame_is_claimed_again_before_later_ones(store, life):
     a = new_job(store, frames=[1, 2, 3])
-    assert store.claim_frame("me") == (a, 1)
-    assert store.claim_frame("me") == (a, 2)
-    store.requeue_frame(a, 1, "the renderer crashed")
-    assert store.claim_frame("me") == (a, 1)
+    assert life.claim("me") == (a, 1)
+    assert life.claim("me") == (a, 2)
+    life.release(a, 1, "me", "the renderer crashed")
+    assert life.claim("me") == (a, 1)
 
 
-def test_attempts_counting(store):
+def test_attempts_counting(store, life):
+    """Attempts count renders that failed: claims and releases use none up."""
     job = new_job(store, frames=[1])
-    store.claim_frame("me")
-    assert store.frame(job, 1).attempts == 1
-    store.requeue_frame(job, 1, "attempt 1 failed: boom; retrying")
-    assert store.frame(job, 1).attempts == 1
-    store.claim_frame("me")
-    assert store.frame(job, 1).attempts == 2
-    store.fail_frame(job, 1, "boom")
+    life.claim("me")
+    assert store.frame(job, 1).attempts == 0
+    life.release(job, 1, "me", "me shut down while rendering")
+    assert store.frame(job, 1).attempts == 0
+    life.claim("me")
+    assert life.render_failed(job, 1, "me", "boom", 3) == QUEUED
     f = store.frame(job, 1)
-    assert (f.state, f.attempts, f.reason) == (FAILED, 2, "boom")
+    assert (f.state, f.attempts, f.server, f.reason) == (QUEUED, 1, None, "attempt 1 on me failed: boom; retrying")
+    life.claim("me")
+    assert store.frame(job, 1).attempts == 1
+    assert life.render_failed(job, 1, "me", "boom", 2) == FAILED
+    f = store.frame(job, 1)
+    assert (f.state, f.attempts, f.reason) == (FAILED, 2, "boom (on me)")
     assert store.get_job(job).state == FAILED
-    store.retry_frame(job, 1, "ann")
+    life.retry(job, 1, "ann")
     f = store.frame(job, 1)
     assert (f.state, f.attempts, f.server) == (QUEUED, 0, None)
     assert store.get_job(job).state == QUEUED
-    store.claim_frame("me")
+    life.claim("me")
+    assert life.render_failed(job, 1, "me", "Parse Error", 3, final=True) == FAILED   # no use retrying
     assert store.frame(job, 1).attempts == 1
 
 
-def test_finish_frame_returns_true_on_the_last_frame(store):
+def test_finish_frame_returns_true_on_the_last_frame(store, life):
     job = new_job(store, frames=[1, 2, 3])
-    for _ in range(3):
-        store.claim_frame("me")
+    for server in ("me", "peer", "me"):
+        life.claim(server)
     files = [{"name": "f2.png", "size": 3, "sha256": "ab"}]
-    assert store.finish_frame(job, 3, "me", []) is False
-    assert store.finish_frame(job, 2, "peer", files) is False
+    assert life.finish(job, 3, "me", []) is False
+    assert life.finish(job, 2, "peer", files) is False
     assert store.get_job(job).state == RENDERING
     assert store.jobs_awaiting_rebundle() == []
-    assert store.finish_frame(job, 1, "me", []) is True
+    assert life.finish(job, 1, "me", []) is True
     f2 = store.frame(job, 2)
     assert (f2.state, f2.server, f2.files, f2.reason) == (DONE, "peer", files, "rendered by peer")
     assert f2.finished is not None
     # A job never becomes done by its frames alone: it waits for the rebundled result.
     assert store.get_job(job).state == RENDERING
     assert store.jobs_awaiting_rebundle() == [job]
-    store.mark_job_done(job)
+    life.job_done(job)
     assert store.get_job(job).state == DONE
     assert store.jobs_awaiting_rebundle() == []
-    store.mark_job_done(job)  # again: nothing happens
+    life.job_done(job)  # again: nothing happens
     assert [e.new for e in job_events(store, job)] == [QUEUED, RENDERING, DONE]
     assert_consistent(store)
 
 
-def test_illegal_frame_moves_are_conflicts_and_leave_no_trace(store):
+def test_illegal_frame_moves_are_conflicts_and_leave_no_trace(store, life):
     job = new_job(store, frames=[1, 2])
     before = store.events(job)
     with pytest.raises(Conflict, match="frame 1 of job .* is queued; it cannot become done"):
-        store.finish_frame(job, 1, "me", [])
+        life.finish(job, 1, "me", [])
     with pytest.raises(Conflict, match="queued; it cannot become failed"):
-        store.fail_frame(job, 1, "x")
+        life.render_failed(job, 1, "me", "x", 1)
     with pytest.raises(Conflict, match="frame 1 of job .* is queued, not rendering"):
-        store.requeue_frame(job, 1, "x")
+        life.release(job, 1, "me", "x")
     with pytest.raises(Conflict, match="frame 1 of job .* is queued, not failed"):
-        store.retry_frame(job, 1, "ann")
-    store.claim_frame("me")
-    store.finish_frame(job, 1, "me", [])
+        life.retry(job, 1, "ann")
+    life.claim("me")
+    life.finish(job, 1, "me", [])
     n = len(store.events(job))
-    for call in (lambda: store.finish_frame(job, 1, "me", []), lambda: store.requeue_frame(job, 1, "x"),
-                 lambda: store.fail_frame(job, 1, "x"), lambda: store.retry_frame(job, 1, "ann")):
+    for call in (lambda: life.finish(job, 1, "me", []), lambda: life.release(job, 1, "me", "x"),
+                 lambda: life.render_failed(job, 1, "me", "x", 1), lambda: life.retry(job, 1, "ann")):
         with pytest.raises(Conflict, match="is done"):
             call()
     assert len(store.events(job)) == n
@@ -404,20 +422,20 @@ def test_illegal_frame_moves_are_conflicts_and_leave_no_trace(store):
     assert_consistent(store)
 
 
-def test_every_transition_is_an_event_with_its_reason(store):
+def test_every_transition_is_an_event_with_its_reason(store, life):
     job = new_job(store, frames=[1, 2])
-    store.claim_frame("me")                                  # 1 rendering; job rendering
-    store.requeue_frame(job, 1, "me shut down while rendering")
-    store.claim_frame("peer")                                # 1 rendering again
-    store.fail_frame(job, 1, "Parse Error: no camera")
-    store.retry_frame(job, 1, "ann")
-    store.claim_frame("me")
-    store.finish_frame(job, 1, "me", [])
+    life.claim("me")                                  # 1 rendering; job rendering
+    life.release(job, 1, "me", "me shut down while rendering")
+    life.claim("peer")                                # 1 rendering again
+    life.render_failed(job, 1, "peer", "Parse Error: no camera", 1)
+    life.retry(job, 1, "ann")
+    life.claim("me")
+    life.finish(job, 1, "me", [])
     assert [(e.old, e.new, e.reason) for e in frame_events(store, job, 1)] == [
         (QUEUED, RENDERING, "rendering on me"),
         (RENDERING, QUEUED, "me shut down while rendering"),
         (QUEUED, RENDERING, "rendering on peer"),
-        (RENDERING, FAILED, "Parse Error: no camera"),
+        (RENDERING, FAILED, "Parse Error: no camera (on peer)"),
         (FAILED, QUEUED, "retried by ann"),
         (QUEUED, RENDERING, "rendering on me"),
         (RENDERING, DONE, "rendered by me"),
@@ -441,122 +459,124 @@ def test_every_transition_is_an_event_with_its_reason(store):
     assert_consistent(store)
 
 
-def test_failed_job_and_retry(store):
+def test_failed_job_and_retry(store, life):
     job = new_job(store, frames=[1, 2])
-    store.claim_frame("me")
-    store.claim_frame("me")
-    store.fail_frame(job, 1, "boom")
+    life.claim("me")
+    life.claim("me")
+    life.render_failed(job, 1, "me", "boom", 1)
     assert store.get_job(job).state == RENDERING   # frame 2 still rendering
-    store.finish_frame(job, 2, "me", [])
+    life.finish(job, 2, "me", [])
     assert store.get_job(job).state == FAILED      # nothing left to do but a failed frame
-    assert store.claim_frame("me") is None
+    assert life.claim("me") is None
     assert store.jobs_awaiting_rebundle() == []
-    store.retry_frame(job, 1, "ann")
+    life.retry(job, 1, "ann")
     assert store.get_job(job).state == RENDERING   # one done, one queued
-    assert store.claim_frame("me") == (job, 1)
-    assert store.finish_frame(job, 1, "me", []) is True
+    assert life.claim("me") == (job, 1)
+    assert life.finish(job, 1, "me", []) is True
     assert_consistent(store)
 
 
-def test_cancel_prevents_claims(store):
+def test_cancel_prevents_claims(store, life):
     a = new_job(store, frames=[1, 2, 3])
     b = new_job(store, frames=[1])
-    assert store.claim_frame("me") == (a, 1)
-    store.cancel_job(a, "ann")
+    assert life.claim("me") == (a, 1)
+    life.cancel(a, "ann")
     job = store.get_job(a)
     assert (job.state, job.reason) == (CANCELLED, "cancelled by ann")
-    assert store.claim_frame("me", job_id=a) is None
-    assert store.claim_frame("me") == (b, 1)   # other jobs go on
-    assert store.claim_frame("me") is None
-    # The render that was under way may still end either way; the job stays cancelled.
-    store.requeue_frame(a, 1, "job cancelled; the render was discarded")
+    assert life.claim("me", job_id=a) is None
+    assert life.claim("me") == (b, 1)   # other jobs go on
+    assert life.claim("me") is None
+    # The render that was under way may still end; it is discarded and the job stays cancelled.
+    assert life.finish(a, 1, "me", [{"name": "a1.png"}]) is False
+    f = store.frame(a, 1)
+    assert (f.state, f.server, f.files, f.reason) == (QUEUED, None, [], "job cancelled; the render was discarded")
     assert store.get_job(a).state == CANCELLED
     with pytest.raises(Conflict, match="cancelled; submit it again"):
-        store.retry_frame(a, 2, "ann")
+        life.retry(a, 2, "ann")
     with pytest.raises(Conflict, match="already cancelled"):
-        store.cancel_job(a, "ann")
+        life.cancel(a, "ann")
     with pytest.raises(Conflict):
-        store.mark_job_done(a)
-    store.finish_frame(b, 1, "me", [])
-    store.mark_job_done(b)
+        life.job_done(a)
+    life.finish(b, 1, "me", [])
+    life.job_done(b)
     with pytest.raises(Conflict, match="already done"):
-        store.cancel_job(b, "ann")
+        life.cancel(b, "ann")
     assert job_events(store, a)[-1].reason == "cancelled by ann"
     assert_consistent(store)
 
 
-def test_retry_frame_refuses_a_rendering_frame(store):
+def test_retry_frame_refuses_a_rendering_frame(store, life):
     job = new_job(store, frames=[1])
-    assert store.claim_frame("beta", lease_expires=time.time() + 60) == (job, 1)
+    assert life.claim("beta", lease_expires=time.time() + 60) == (job, 1)
     try:
-        store.retry_frame(job, 1, "ann")
+        life.retry(job, 1, "ann")
     except Conflict:
         return
     # What happens instead: the frame is rendered twice.
-    assert store.claim_frame("me") == (job, 1)
+    assert life.claim("me") == (job, 1)
     with pytest.raises(Conflict):
-        store.renew_lease(job, 1, "beta", time.time() + 120)
+        life.renew(job, 1, "beta", time.time() + 120)
     raise AssertionError("retry_frame accepted a frame that was rendering")
 
 
-def test_requeue_frame_refuses_a_failed_frame(store):
+def test_requeue_frame_refuses_a_failed_frame(store, life):
     job = new_job(store, frames=[1, 2])
-    store.claim_frame("me")
-    store.fail_frame(job, 1, "Parse Error")
-    store.cancel_job(job, "ann")
+    life.claim("me")
+    life.render_failed(job, 1, "me", "Parse Error", 1)
+    life.cancel(job, "ann")
     with pytest.raises(Conflict):
-        store.retry_frame(job, 1, "ann")   # the user may not...
+        life.retry(job, 1, "ann")   # the user may not...
     with pytest.raises(Conflict):
-        store.requeue_frame(job, 1, "attempt 1 failed: x; retrying")   # ...nor may this
+        life.release(job, 1, "me", "attempt 1 failed: x; retrying")   # ...nor may this
 
 
-def test_recover_requeues_only_this_servers_frames(store):
+def test_recover_requeues_only_this_servers_frames(store, life):
     job = new_job(store, frames=[1, 2, 3, 4])
-    assert store.claim_frame("me") == (job, 1)
-    assert store.claim_frame("beta", lease_expires=time.time() + 60) == (job, 2)
-    assert store.claim_frame("me") == (job, 3)
-    store.finish_frame(job, 3, "me", [])
+    assert life.claim("me") == (job, 1)
+    assert life.claim("beta", lease_expires=time.time() + 60) == (job, 2)
+    assert life.claim("me") == (job, 3)
+    life.finish(job, 3, "me", [])
     assert store.frames_leased_to("beta") == [(job, 2)]
-    assert store.recover("me") == [(job, 1)]
+    assert life.recover("me") == [(job, 1)]
     f1, f2, f3 = store.frame(job, 1), store.frame(job, 2), store.frame(job, 3)
     assert (f1.state, f1.server, f1.reason) == (QUEUED, None, "me restarted while rendering this frame")
     assert (f2.state, f2.server) == (RENDERING, "beta")
     assert f3.state == DONE
-    assert store.recover("me") == []
+    assert life.recover("me") == []
     assert store.frames_leased_to("beta") == [(job, 2)]
     assert_consistent(store)
 
 
-def test_recover_brings_a_job_back_to_queued(store):
+def test_recover_brings_a_job_back_to_queued(store, life):
     job = new_job(store, frames=[1, 2])
-    store.claim_frame("me")
-    store.claim_frame("me")
-    assert store.recover("me") == [(job, 1), (job, 2)]
+    life.claim("me")
+    life.claim("me")
+    assert life.recover("me") == [(job, 1), (job, 2)]
     assert store.get_job(job).state == QUEUED
     assert job_events(store, job)[-1].reason == "frame 2 requeued after restart"
 
 
 # --- leases -----------------------------------------------------------------------------------
 
-def test_leases(store):
+def test_leases(store, life):
     job = new_job(store, frames=[1, 2, 3, 4])
-    assert store.claim_frame("beta", lease_expires=100.0) == (job, 1)
-    assert store.claim_frame("gamma", lease_expires=200.0) == (job, 2)
-    assert store.claim_frame("me") == (job, 3)          # a local render has no lease
+    assert life.claim("beta", lease_expires=100.0) == (job, 1)
+    assert life.claim("gamma", lease_expires=200.0) == (job, 2)
+    assert life.claim("me") == (job, 3)          # a local render has no lease
     assert lease_of(store, job, 1) == 100.0
     assert lease_of(store, job, 3) is None
 
     with pytest.raises(Conflict, match="not leased to gamma"):
-        store.renew_lease(job, 1, "gamma", 500.0)
+        life.renew(job, 1, "gamma", 500.0)
     with pytest.raises(Conflict, match="not leased to beta"):
-        store.renew_lease(job, 4, "beta", 500.0)        # queued, nobody's
-    store.renew_lease(job, 1, "beta", 150.0)
+        life.renew(job, 4, "beta", 500.0)        # queued, nobody's
+    life.renew(job, 1, "beta", 150.0)
     assert lease_of(store, job, 1) == 150.0
 
     n = len(store.events(job))
-    assert store.expire_leases(now=150.0) == []           # not before the time is up
+    assert life.expire_leases(now=150.0) == []           # not before the time is up
     assert len(store.events(job)) == n
-    assert store.expire_leases(now=175.0) == [(job, 1, "beta")]
+    assert life.expire_leases(now=175.0) == [(job, 1, "beta")]
     f1 = store.frame(job, 1)
     assert (f1.state, f1.server) == (QUEUED, None)
     assert lease_of(store, job, 1) is None
@@ -566,27 +586,27 @@ def test_leases(store):
     assert store.frame(job, 2).state == RENDERING       # gamma's lease runs longer
     assert store.frame(job, 3).state == RENDERING       # local frames never expire
     with pytest.raises(Conflict):
-        store.renew_lease(job, 1, "beta", 1000.0)         # too late: the frame went back to the queue
+        life.renew(job, 1, "beta", 1000.0)         # too late: the frame went back to the queue
 
-    assert store.expire_leases(now=1e12) == [(job, 2, "gamma")]
+    assert life.expire_leases(now=1e12) == [(job, 2, "gamma")]
     assert store.frame(job, 3).state == RENDERING
     assert_consistent(store)
 
 
-def test_extend_leases(store):
+def test_extend_leases(store, life):
     job = new_job(store, frames=[1, 2, 3, 4])
-    store.claim_frame("beta", lease_expires=100.0)
-    store.claim_frame("gamma", lease_expires=900.0)
-    store.claim_frame("me")
-    store.claim_frame("beta", lease_expires=50.0)
-    store.finish_frame(job, 4, "beta", [])
-    store.extend_leases(until=500.0)
+    life.claim("beta", lease_expires=100.0)
+    life.claim("gamma", lease_expires=900.0)
+    life.claim("me")
+    life.claim("beta", lease_expires=50.0)
+    life.finish(job, 4, "beta", [])
+    life.extend_leases(until=500.0)
     assert lease_of(store, job, 1) == 500.0
     assert lease_of(store, job, 2) == 900.0   # never shortened
     assert lease_of(store, job, 3) is None    # a local render gets no lease
     assert lease_of(store, job, 4) is None    # finished frames keep none
-    assert store.expire_leases(now=499.0) == []
-    assert store.expire_leases(now=501.0) == [(job, 1, "beta")]
+    assert life.expire_leases(now=499.0) == []
+    assert life.expire_leases(now=501.0) == [(job, 1, "beta")]
 
 
 # --- peers, nonces, announcements -------------------------------------------------------------
@@ -698,6 +718,7 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="distren-store-"))
         self.store = Store(self.dir)
+        self.life = Lifecycle(self.store)
         self.db = raw(self.dir)
         self.jobs: list[int] = []
         self.frames: dict[tuple[int, int], str] = {}
@@ -774,12 +795,11 @@ class StoreMachine(RuleBasedStateMachine):
         candidates = sorted(k for k, s in self.frames.items()
                             if s == QUEUED and self.job_state[k[0]] in (QUEUED, RENDERING)
                             and (job_id is None or k[0] == job_id))
-        got = self.store.claim_frame(server, job_id=job_id, lease_expires=lease)
+        got = self.life.claim(server, job_id=job_id, lease_expires=lease)
         if not candidates:
             assert got is None
             return
         assert got == candidates[0]
-        self.attempts[got] += 1
         self.server[got] = server
         self.move(got, RENDERING)
         ev = frame_events(self.store, *got)[-1]
@@ -789,9 +809,14 @@ class StoreMachine(RuleBasedStateMachine):
     def finish(self, i, anywhere):
         key = self.pick(i, anywhere, RENDERING)
         if self.frames[key] != RENDERING:
-            self.expect_conflict(lambda: self.store.finish_frame(*key, "me", []))
+            self.expect_conflict(lambda: self.life.finish(*key, "me", []))
             return
-        last = self.store.finish_frame(*key, self.server[key], [{"name": "x"}])
+        last = self.life.finish(*key, self.server[key], [{"name": "x"}])
+        if self.job_state[key[0]] == CANCELLED:  # the render is discarded
+            assert last is False
+            self.server[key] = None
+            self.move(key, QUEUED)
+            return
         self.move(key, DONE)
         assert last == all(self.frames[k] == DONE for k in self.frames_of(key[0]))
 
@@ -799,36 +824,45 @@ class StoreMachine(RuleBasedStateMachine):
           reason=st.sampled_from(["lost", "attempt 1 failed: x; retrying"]))
     def requeue(self, i, anywhere, reason):
         key = self.pick(i, anywhere, RENDERING)
-        if self.frames[key] == FAILED:
-            return  # accepted today, see test_requeue_frame_refuses_a_failed_frame
         if self.frames[key] != RENDERING:
-            self.expect_conflict(lambda: self.store.requeue_frame(*key, reason))
+            self.expect_conflict(lambda: self.life.release(*key, "me", reason))
             return
-        self.store.requeue_frame(*key, reason)
+        self.life.release(*key, self.server[key], reason)
         self.server[key] = None
         self.move(key, QUEUED)
         ev = frame_events(self.store, *key)[-1]
         assert (ev.old, ev.new, ev.reason) == (RENDERING, QUEUED, reason)
 
-    @rule(i=st.integers(0, 5), anywhere=st.booleans())
-    def fail(self, i, anywhere):
+    @rule(i=st.integers(0, 5), anywhere=st.booleans(), max_attempts=st.integers(1, 3))
+    def fail(self, i, anywhere, max_attempts=1):
         key = self.pick(i, anywhere, RENDERING)
         if self.frames[key] != RENDERING:
-            self.expect_conflict(lambda: self.store.fail_frame(*key, "Parse Error"))
+            self.expect_conflict(lambda: self.life.render_failed(*key, "me", "Parse Error", max_attempts))
             return
-        self.store.fail_frame(*key, "Parse Error")
+        holder = self.server[key]
+        got = self.life.render_failed(*key, holder, "Parse Error", max_attempts)
+        reason = frame_events(self.store, *key)[-1].reason
+        if self.job_state[key[0]] == CANCELLED:  # not the frame's fault: no attempt used
+            assert (got, reason) == (QUEUED, "job cancelled while rendering")
+            self.server[key] = None
+            self.move(key, QUEUED)
+            return
+        self.attempts[key] += 1
+        if self.attempts[key] < max_attempts:
+            assert (got, reason) == (QUEUED, f"attempt {self.attempts[key]} on {holder} failed: Parse Error; retrying")
+            self.server[key] = None
+            self.move(key, QUEUED)
+            return
+        assert (got, reason) == (FAILED, f"Parse Error (on {holder})")
         self.move(key, FAILED)
-        assert frame_events(self.store, *key)[-1].reason == "Parse Error"
 
     @rule(i=st.integers(0, 5), anywhere=st.booleans())
     def retry(self, i, anywhere):
         key = self.pick(i, anywhere, FAILED)
-        if self.frames[key] == RENDERING and self.job_state[key[0]] != CANCELLED:
-            return  # accepted today, see test_retry_frame_refuses_a_rendering_frame
         if self.job_state[key[0]] == CANCELLED or self.frames[key] != FAILED:
-            self.expect_conflict(lambda: self.store.retry_frame(*key, "ann"))
+            self.expect_conflict(lambda: self.life.retry(*key, "ann"))
             return
-        self.store.retry_frame(*key, "ann")
+        self.life.retry(*key, "ann")
         self.attempts[key] = 0
         self.server[key] = None
         self.move(key, QUEUED)
@@ -846,9 +880,9 @@ class StoreMachine(RuleBasedStateMachine):
     def cancel(self, j):
         job = self.jobs[j % len(self.jobs)]
         if self.job_state[job] in (DONE, CANCELLED):
-            self.expect_conflict(lambda: self.store.cancel_job(job, "ann"))
+            self.expect_conflict(lambda: self.life.cancel(job, "ann"))
             return
-        self.store.cancel_job(job, "ann")
+        self.life.cancel(job, "ann")
         self.job_state[job] = CANCELLED
         self.events += 1
 
@@ -856,22 +890,22 @@ class StoreMachine(RuleBasedStateMachine):
         """What the service does once finish_frame said 'last': mark the job done."""
         job = self.jobs[j % len(self.jobs)]
         if self.job_state[job] in (QUEUED, RENDERING) and all(self.frames[k] == DONE for k in self.frames_of(job)):
-            self.store.mark_job_done(job)
+            self.life.job_done(job)
             self.job_state[job] = DONE
             self.events += 1
         elif self.job_state[job] == CANCELLED:
-            self.expect_conflict(lambda: self.store.mark_job_done(job))
+            self.expect_conflict(lambda: self.life.job_done(job))
 
     def restart(self):
         mine = sorted(k for k, s in self.frames.items() if s == RENDERING and self.server[k] == "me")
-        assert sorted(self.store.recover("me")) == mine
+        assert sorted(self.life.recover("me")) == mine
         for k in mine:
             self.server[k] = None
             self.move(k, QUEUED)
 
     def leases_run_out(self):
         theirs = sorted(k for k, s in self.frames.items() if s == RENDERING and self.server[k] == "peer")
-        assert sorted((j, f) for j, f, _ in self.store.expire_leases(now=2000.0)) == theirs
+        assert sorted((j, f) for j, f, _ in self.life.expire_leases(now=2000.0)) == theirs
         for k in theirs:
             self.server[k] = None
             self.move(k, QUEUED)
@@ -879,6 +913,7 @@ class StoreMachine(RuleBasedStateMachine):
     def reopen(self):
         self.store.close()
         self.store = Store(self.dir)
+        self.life = Lifecycle(self.store)
 
     @invariant()
     def matches_model(self):
@@ -917,11 +952,13 @@ test_store_state_machine = StoreMachine.TestCase
 CHILD = r"""
 import os, random, signal, sys, time
 from pathlib import Path
+from distren.lifecycle import Lifecycle
 from distren.store import Store
 
 data, kill_at, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = random.Random(seed)
 s = Store(data)
+life = Lifecycle(s)
 n = [0]
 
 def new_job():
@@ -929,7 +966,7 @@ def new_job():
     st = s.staging_dir() / f"up-{n[0]}.d"
     (st / "scene").mkdir(parents=True)
     (st / "seed.tar").write_bytes(b"seed")
-    return s.create_job("alpha/~ann", "povray", list(range(1, 9)), lambda j: b"<job/>", st, f"key-{n[0]}")
+    return life.create_job("alpha/~ann", "povray", list(range(1, 9)), lambda j: b"<job/>", st, f"key-{n[0]}")
 
 new_job()
 
@@ -945,29 +982,29 @@ if kill_at:
 print("ready", flush=True)
 while True:
     server = rng.choice(["me", "me", "peer"])
-    got = s.claim_frame(server, lease_expires=time.time() + 60 if server == "peer" else None)
+    got = life.claim(server, lease_expires=time.time() + 60 if server == "peer" else None)
     if got is None:
         for j in s.jobs_awaiting_rebundle():
-            s.mark_job_done(j)
+            life.job_done(j)
         new_job()
         continue
     r = rng.random()
     if r < 0.55:
-        if s.finish_frame(*got, server, [{"name": "f.png", "size": 1, "sha256": "00"}]):
-            s.mark_job_done(got[0])
+        if life.finish(*got, server, [{"name": "f.png", "size": 1, "sha256": "00"}]):
+            life.job_done(got[0])
     elif r < 0.75:
-        s.requeue_frame(*got, "attempt failed: boom; retrying")
+        life.render_failed(*got, server, "boom", 3)
     elif r < 0.9:
-        s.fail_frame(*got, "Parse Error")
+        life.render_failed(*got, server, "Parse Error", 1)
         if rng.random() < 0.7:
-            s.retry_frame(*got, "ann")
+            life.retry(*got, "ann")
     elif r < 0.93:
-        s.cancel_job(got[0], "ann")
-        s.requeue_frame(*got, "job cancelled; the render was discarded")
+        life.cancel(got[0], "ann")
+        life.finish(*got, server, [])
     elif server == "peer":
-        s.renew_lease(*got, server, time.time() + 120)
+        life.renew(*got, server, time.time() + 120)
     else:
-        s.recover("me")
+        life.recover("me")
 """
 
 
@@ -999,15 +1036,16 @@ def check_after_crash(data: Path) -> None:
     for job in jobs:  # a committed job always has its folder (moved before COMMIT)
         assert (data / "jobs" / str(job) / "seed.tar").is_file()
     s = Store(data)
+    life = Lifecycle(s)
     try:
-        s.recover("me")
+        life.recover("me")
         assert s.frames_leased_to("me") == []
         assert_consistent(s)
         # The server goes on working where it stopped.
         assert new_job(s, frames=[1]) > max(jobs)
-        while (got := s.claim_frame("me")) is not None:
-            if s.finish_frame(*got, "me", []):
-                s.mark_job_done(got[0])
+        while (got := life.claim("me")) is not None:
+            if life.finish(*got, "me", []):
+                life.job_done(got[0])
         assert_consistent(s)
     finally:
         s.close()

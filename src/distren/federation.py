@@ -98,6 +98,7 @@ class Federation:
                  peers: list[str]):
         self.server = server
         self.store = server.store
+        self.life = server.life
         self.identity = identity
         self.address = advertise.rstrip("/")
         self.lease_timeout = lease_timeout
@@ -121,7 +122,7 @@ class Federation:
 
     def start(self) -> None:
         # Renderers could not renew while we were down: give them a full lease to do so.
-        self.store.extend_leases(time.time() + self.lease_timeout)
+        self.life.extend_leases(time.time() + self.lease_timeout)
         for target in (self._sync_loop, self._reaper_loop):
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
@@ -147,9 +148,8 @@ class Federation:
         while not self._stop.wait(0.5):
             try:
                 now = time.time()
-                for job_id, frame_id, who in self.store.expire_leases(now):
+                for job_id, frame_id, who in self.life.expire_leases(now):
                     log.info("lease of %s on frame %s of job %s ran out", who, frame_id, job_id)
-                    self.server.wake()
                 if now - last_purge > 60:
                     self.store.purge_nonces(now)
                     last_purge = now
@@ -460,12 +460,12 @@ class Federation:
                 continue
             state = st.get("state")
             if state == states.DONE:
-                self.store.set_remote_dep(dep, "done", "done")
+                self.life.dependency(dep, "done", "done")
                 self.server.wake()
             elif state in (states.FAILED, states.BLOCKED) or st.get("job_state") == states.CANCELLED:
-                self.store.set_remote_dep(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
+                self.life.dependency(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
             else:
-                self.store.set_remote_dep(dep, "waiting", "")
+                self.life.dependency(dep, "waiting", "")
 
     def frame_state(self, job_id: int, frame_id: int) -> dict:
         job = self.store.get_job(job_id)
@@ -492,7 +492,7 @@ class Federation:
                     ) -> tuple[bytes, str, float] | None:
         expires = time.time() + self.lease_timeout
         renderer = str(urls.ServerURL(sender))
-        claim = self.store.claim_frame(renderer, job_id, lease_expires=expires, nonce=nonce)
+        claim = self.life.claim(renderer, job_id, lease_expires=expires, nonce=nonce)
         if claim is None:
             self._own_job(job_id)  # gone or unknown: say so; otherwise nothing is ready
             return None
@@ -516,7 +516,7 @@ class Federation:
     def renew(self, sender: str, job_id: int, frame_id: int) -> float:
         self._own_job(job_id)
         expires = time.time() + self.lease_timeout
-        self.store.renew_lease(job_id, frame_id, str(urls.ServerURL(sender)), expires)
+        self.life.renew(job_id, frame_id, str(urls.ServerURL(sender)), expires)
         return expires
 
     def accept_log(self, sender: str, job_id: int, frame_id: int, text: str) -> None:
@@ -526,13 +526,11 @@ class Federation:
 
     def accept_failure(self, sender: str, job_id: int, frame_id: int, reason: str, text: str) -> None:
         self._own_job(job_id)
-        row = self._leased_to(sender, job_id, frame_id)
+        self._leased_to(sender, job_id, frame_id)
         self.server.append_log(job_id, frame_id, f"==== distren: failed on {sender}\n{text}")
-        if row.attempts < self.server.settings.max_attempts:
-            self.store.requeue_frame(job_id, frame_id, f"attempt {row.attempts} on {sender} failed: {reason}; retrying")
-        else:
-            self.store.fail_frame(job_id, frame_id, f"{reason} (on {sender})")
-        self.server.wake()
+        # Checked again, with the decision, in one transaction: the lease may run out meanwhile.
+        self.life.render_failed(job_id, frame_id, str(urls.ServerURL(sender)), reason,
+                                self.server.settings.max_attempts)
 
     def accept_result(self, sender: str, job_id: int, frame_id: int, tar: Path) -> str:
         """Check an uploaded frame tarball and mark the frame done. Idempotent: a frame that is
@@ -552,7 +550,7 @@ class Federation:
             dest = self.store.frame_tar(job_id, frame_id)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tar, dest)
-            last = self.store.finish_frame(job_id, frame_id, str(urls.ServerURL(sender)), files)
+            last = self.life.finish(job_id, frame_id, str(urls.ServerURL(sender)), files)
         if last:
             threading.Thread(target=self.server.rebundle, args=(job_id,), daemon=True).start()
         return "accepted"

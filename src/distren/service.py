@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import backends, bundle, jobfile, sandbox, states, urls
+from .bus import Bus, Change
 from .federation import Federation, RemoteWork, check_address
 from .identity import Identity
 from .errors import (BundleError, Conflict, DistrenError, InvalidURL, JobFileError, NotFound, RenderError,
                      Unauthorized)
 from .fsutil import atomic_open, atomic_write, sha256_file
+from .lifecycle import Lifecycle
 from .store import Store, no_such_job
 
 log = logging.getLogger("distren")
@@ -54,6 +56,8 @@ class Server:
         self.settings = settings
         self.url = urls.ServerURL(urls.check_server_name(settings.name))
         self.store = Store(settings.data)
+        self.bus = Bus()
+        self.life = Lifecycle(self.store, self.bus)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -69,6 +73,11 @@ class Server:
         self.identity = Identity.load_or_create(self.url.name, settings.data / "server.key")
         self.federation = Federation(self, self.identity, settings.advertise, settings.lease_timeout,
                                      settings.peers)
+        self.bus.subscribe(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        if change.new == states.QUEUED:  # a frame (or a job) is ready: idle slots look again
+            self._wake.set()
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -84,7 +93,7 @@ class Server:
         if self.settings.slots > 0:
             sandbox.check()
         self.ensure_admin()
-        for job_id, frame_id in self.store.recover(str(self.url)):
+        for job_id, frame_id in self.life.recover(str(self.url)):
             log.info("requeued frame %s of job %s after restart", frame_id, job_id)
         shutil.rmtree(self.settings.data / "work", ignore_errors=True)
         shutil.rmtree(self.settings.data / "incoming", ignore_errors=True)
@@ -194,7 +203,7 @@ class Server:
             backend.check_scene(jf, staged / SCENE_DIR)
             os.replace(upload, staged / "seed.tar")
             submitter = self.url.user(user)
-            job_id = self.store.create_job(
+            job_id = self.life.create_job(
                 str(submitter), jf.type, [f.id for f in jf.frames],
                 lambda jid: jf.absolute(self.job_url(jid), submitter).to_xml(),
                 staged, upload_key,
@@ -320,7 +329,7 @@ class Server:
         return out
 
     def cancel(self, job_id: int, by: str) -> None:
-        self.store.cancel_job(job_id, by)
+        self.life.cancel(job_id, by)
         self.federation.announce(job_id, active=False)
         with self._procs_lock:
             for (origin, jid, _), proc in self._procs.items():
@@ -328,13 +337,12 @@ class Server:
                     _kill(proc)
 
     def retry(self, job_id: int, frame_id: int, by: str) -> None:
-        self.store.retry_frame(job_id, frame_id, by)
-        self._wake.set()
+        self.life.retry(job_id, frame_id, by)
 
     def delete(self, job_id: int, by: str) -> None:
         if self.store.get_job(job_id).state == states.FAILED:  # done and cancelled are withdrawn already
             self.federation.announce(job_id, active=False)
-        self.store.delete_job(job_id)
+        self.life.delete(job_id, by)
         self._bundle_sha.pop(job_id, None)
         with self._jobfiles_lock:
             self._jobfiles.pop(job_id, None)
@@ -381,7 +389,7 @@ class Server:
         for k in range(len(origins)):
             origin = origins[(start + k) % len(origins)]
             if origin == self.url.name:
-                work = self.store.claim_frame(str(self.url))
+                work = self.life.claim(str(self.url))
             else:
                 work = self.federation.lease_from(origin)
             if work is not None:
@@ -440,10 +448,7 @@ class Server:
             jf, frames = self.jobfile(job_id)
             files = self._render_in((self.url.name, job_id, frame_id), jf, frames[frame_id], self.store.scene_dir(job_id),
                                     self.store.frame_log(job_id, frame_id), self.store.frame_tar(job_id, frame_id))
-            if self.store.get_job(job_id).state == states.CANCELLED:
-                self.store.requeue_frame(job_id, frame_id, "job cancelled; the render was discarded")
-                return
-            if self.store.finish_frame(job_id, frame_id, str(self.url), files):
+            if self.life.finish(job_id, frame_id, str(self.url), files):
                 self.rebundle(job_id)
         except Exception as e:  # a frame never takes its slot down with it
             self._frame_failed(job_id, frame_id, e)
@@ -487,17 +492,11 @@ class Server:
             log.exception("frame %s of job %s: unexpected error", frame_id, job_id)
         msg = str(err) if isinstance(err, DistrenError) else f"internal error: {type(err).__name__}: {err}"
         try:
-            if self._stop.is_set():
-                self.store.requeue_frame(job_id, frame_id, f"{self.url} shut down while rendering")
-                return
-            if self.store.get_job(job_id).state == states.CANCELLED:
-                self.store.requeue_frame(job_id, frame_id, "job cancelled while rendering")
-                return
-            attempts = self.store.frame(job_id, frame_id).attempts
-            if attempts < self.settings.max_attempts and not isinstance(err, JobFileError):
-                self.store.requeue_frame(job_id, frame_id, f"attempt {attempts} failed: {msg}; retrying")
+            if self._stop.is_set():  # killed by the shutdown, not by the frame
+                self.life.release(job_id, frame_id, str(self.url), f"{self.url} shut down while rendering")
             else:
-                self.store.fail_frame(job_id, frame_id, msg)
+                self.life.render_failed(job_id, frame_id, str(self.url), msg, self.settings.max_attempts,
+                                        final=isinstance(err, JobFileError))
         except Exception:
             log.exception("could not record the failure of frame %s of job %s", frame_id, job_id)
 
@@ -532,7 +531,7 @@ class Server:
                             for m in src:
                                 if m.isfile() and m.name in names:
                                     out.addfile(m, src.extractfile(m))
-            self.store.mark_job_done(job_id)
+            self.life.job_done(job_id)
         log.info("job %s done", self.job_url(job_id))
         self.federation.announce(job_id, active=False)
 

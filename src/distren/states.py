@@ -1,7 +1,7 @@
 """The frame and job state machine.
 
-Every change of a frame's or a job's state goes through :func:`check_frame` / :func:`check_job`
-and is recorded by the store with a human-readable reason, so "why is my frame queued again?"
+Every change of a frame's or a job's state is made by :mod:`distren.lifecycle`, checked against
+these tables and recorded by the store with a human-readable reason, so "why is my frame queued again?"
 always has an answer in ``distren status`` and the event log.
 
 Frames: queued -> rendering -> done

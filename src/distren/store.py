@@ -1,9 +1,10 @@
 """Persistence: one SQLite database (WAL) plus files under the server's data folder.
 
 All SQL lives here. Schema changes are numbered migrations, applied in order at start and
-recorded in ``PRAGMA user_version``. State changes go through the state machine in
-:mod:`distren.states` and each one is written, with its reason, to the ``events`` table in the
-same transaction, so the record and the state can never disagree - not even after SIGKILL.
+recorded in ``PRAGMA user_version``. Which state change to make is decided by
+:mod:`distren.lifecycle`, inside a transaction it opens here (:meth:`Store.tx`); the small
+functions it calls write each change with its reason to the ``events`` table in that same
+transaction, so the record and the state can never disagree - not even after SIGKILL.
 
 Layout of the data folder::
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import states
-from .errors import Conflict, NotFound, Replayed
+from .errors import Conflict, NotFound
 
 MIGRATIONS: list[str] = [
     # 1: the single-server schema.
@@ -181,9 +182,6 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        #: bumped on every state change; waiters (long polls, the dashboard) watch it.
-        self.changed = threading.Condition()
-        self.version = 0
         self._keys: dict[str, str] = {}
 
     # --- plumbing ------------------------------------------------------------------------
@@ -208,10 +206,10 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def _notify(self) -> None:
-        with self.changed:
-            self.version += 1
-            self.changed.notify_all()
+    def tx(self):
+        """A write transaction for :mod:`distren.lifecycle` to make its moves in (BEGIN
+        IMMEDIATE: it holds the write lock from the start, so what it reads stays true)."""
+        return self._tx()
 
     def close(self) -> None:
         with self._lock:
@@ -303,98 +301,141 @@ class Store:
             return self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
 
     # --- jobs ----------------------------------------------------------------------------
+    # The functions below that take ``db`` run inside a transaction that
+    # :mod:`distren.lifecycle` opened with :meth:`tx`: lifecycle decides which move to make,
+    # these only execute it. No other code writes a frame's or a job's state.
 
-    def create_job(self, submitter: str, jtype: str, frame_ids: list[int],
+    def insert_job(self, db, submitter: str, jtype: str, frame_ids: list[int],
                    make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None,
-                   make_deps: Callable[[int], list[tuple[int, str]]] = lambda job_id: []) -> int:
-        """Insert a job and move its staged folder to ``jobs/ID`` in one transaction.
+                   reason: str, now: float) -> tuple[int, bool]:
+        """Insert a job, its frames and its first event, and move its staged folder to
+        ``jobs/ID``. Returns (id, True), or (id, False) for an upload key seen before.
 
         If the process dies before COMMIT the id was never handed out (and is reused for the
         next job, so a leftover folder of that id is stale and replaced)."""
-        with self._tx() as db:
-            now = time.time()
-            if upload_key is not None:
-                # The same upload again (a client retrying one still in flight): the same job.
-                existing = _job_for_upload_key(db, submitter, upload_key)
-                if existing is not None:
-                    return existing
-            cur = db.execute(
-                "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
-                " VALUES(?,?,?,?,?,?,?,?)",
-                (submitter, jtype, states.QUEUED, "submitted", b"", upload_key, now, now))
-            job_id = cur.lastrowid
-            db.execute("UPDATE jobs SET jobfile=? WHERE id=?", (make_jobfile(job_id), job_id))
-            db.executemany("INSERT INTO frames(job_id, frame_id, state, reason) VALUES(?,?,?,?)",
-                           [(job_id, f, states.QUEUED, "submitted") for f in frame_ids])
-            db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
-                       (now, job_id, None, "", states.QUEUED, f"submitted by {submitter}"))
-            self._insert_deps(db, job_id, make_deps(job_id))
-            dest = self.job_dir(job_id)
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(staged, dest)
-        self._notify()
-        return job_id
+        if upload_key is not None:
+            # The same upload again (a client retrying one still in flight): the same job.
+            existing = _job_for_upload_key(db, submitter, upload_key)
+            if existing is not None:
+                return existing, False
+        cur = db.execute(
+            "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
+            " VALUES(?,?,?,?,?,?,?,?)",
+            (submitter, jtype, states.QUEUED, "submitted", b"", upload_key, now, now))
+        job_id = cur.lastrowid
+        db.execute("UPDATE jobs SET jobfile=? WHERE id=?", (make_jobfile(job_id), job_id))
+        db.executemany("INSERT INTO frames(job_id, frame_id, state, reason) VALUES(?,?,?,?)",
+                       [(job_id, f, states.QUEUED, "submitted") for f in frame_ids])
+        _event(db, now, job_id, None, "", states.QUEUED, reason)
+        dest = self.job_dir(job_id)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staged, dest)
+        return job_id, True
+
+    def delete_job_rows(self, db, job_id: int) -> None:
+        for table, col in (("events", "job_id"), ("deps", "job_id"), ("frames", "job_id"), ("jobs", "id")):
+            db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
+
+    def job_state(self, db, job_id: int) -> str:
+        row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise no_such_job(job_id)
+        return row[0]
+
+    def set_job(self, db, job_id: int, old: str, new: str, reason: str, now: float) -> None:
+        db.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE id=?", (new, reason, now, job_id))
+        _event(db, now, job_id, None, old, new, reason)
+
+    def frame_in(self, db, job_id: int, frame_id: int) -> FrameRow:
+        row = db.execute("SELECT * FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no frame {frame_id}")
+        return _frame(row)
+
+    def set_frame(self, db, job_id: int, frame_id: int, old: str, new: str, reason: str, now: float,
+                  **cols) -> None:
+        """Move a frame from ``old`` (as read in this transaction) to ``new``, with its event."""
+        if "files" in cols:
+            cols["files"] = json.dumps(cols["files"], sort_keys=True)
+        sets = "".join(f", {k}=?" for k in cols)
+        db.execute(f"UPDATE frames SET state=?, reason=?{sets} WHERE job_id=? AND frame_id=?",
+                   (new, reason, *cols.values(), job_id, frame_id))
+        _event(db, now, job_id, frame_id, old, new, reason)
+
+    def next_queued(self, db, job_id: int | None) -> tuple[int, int, str] | None:
+        """The oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs first in,
+        first served) whose dependencies are done: (job, frame, the job's state)."""
+        only = "AND j.id=?" if job_id is not None else ""
+        args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
+        row = db.execute(
+            "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
+            f" WHERE f.state=? AND j.state IN (?,?) {only}"
+            " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
+            " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
+            args).fetchone()
+        return tuple(row) if row else None
+
+    def frame_counts_in(self, db, job_id: int) -> dict[str, int]:
+        return {r[0]: r[1] for r in db.execute(
+            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job_id,))}
+
+    def unfinished_frames(self, db, job_id: int) -> list[int]:
+        return [r[0] for r in db.execute("SELECT frame_id FROM frames WHERE job_id=? AND state!=? ORDER BY frame_id",
+                                         (job_id, states.DONE))]
+
+    def rendering_frames(self, db, server: str | None = None,
+                         lease_before: float | None = None) -> list[tuple[int, int, str]]:
+        """Frames being rendered: by ``server``, or those whose lease ran out before ``lease_before``."""
+        sql, args = "SELECT job_id, frame_id, server FROM frames WHERE state=?", [states.RENDERING]
+        if server is not None:
+            sql, args = sql + " AND server=?", args + [server]
+        if lease_before is not None:
+            sql, args = sql + " AND lease_expires<?", args + [lease_before]
+        return [tuple(r) for r in db.execute(sql + " ORDER BY job_id, frame_id", args)]
+
+    def set_lease(self, db, job_id: int, frame_id: int, expires: float) -> None:
+        db.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame_id=?", (expires, job_id, frame_id))
+
+    def extend_leases(self, db, until: float) -> None:
+        db.execute("UPDATE frames SET lease_expires=MAX(lease_expires, ?) WHERE state=? AND lease_expires IS NOT NULL",
+                   (until, states.RENDERING))
+
+    def record_nonce(self, db, nonce: str, expires: float) -> bool:
+        """False if the nonce was seen before (a replay)."""
+        return db.execute("INSERT OR IGNORE INTO nonces(nonce, expires) VALUES(?, ?)", (nonce, expires)).rowcount == 1
 
     # --- dependencies ----------------------------------------------------------------------
 
     def frame_url(self, job_id: int, frame_id: int) -> str:
         return f"distren://{self.get_meta('name')}/job/{job_id}/frame/{frame_id}"
 
-    def _local_target(self, dep: str) -> tuple[int, int] | None:
+    def local_target(self, dep: str) -> tuple[int, int] | None:
         prefix = f"distren://{self.get_meta('name')}/job/"
         if not dep.startswith(prefix):
             return None
         job, _, frame = dep[len(prefix):].partition("/frame/")
         return int(job), int(frame)
 
-    def _insert_deps(self, db, job_id: int, deps: list[tuple[int, str]]) -> None:
+    def insert_deps(self, db, job_id: int, deps: list[tuple[int, str]]) -> None:
         db.executemany("INSERT OR IGNORE INTO deps(job_id, frame_id, dep) VALUES(?,?,?)",
                        [(job_id, f, d) for f, d in deps])
-        # Targets on this server may be finished (or stuck) already.
-        for _, dep in deps:
-            target = self._local_target(dep)
-            if target is None or target[0] == job_id:
-                continue
-            row = db.execute("SELECT f.state, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
-                             " WHERE f.job_id=? AND f.frame_id=?", target).fetchone()
-            if row is None:
-                continue
-            if row[0] == states.DONE:
-                self._dep_target_is(db, dep, "done", "")
-            elif row[0] in (states.FAILED, states.BLOCKED) or row[1] == states.CANCELLED:
-                self._dep_target_is(db, dep, "stuck", f"{dep} is {row[0] if row[1] != states.CANCELLED else 'cancelled'}")
 
-    def _dep_target_is(self, db, dep: str, target_state: str, reason: str) -> None:
-        """Record what became of ``dep`` and carry it through to the frames waiting for it:
-        a stuck target blocks them (and, in turn, their own dependents); a target that is no
-        longer stuck releases them when nothing else holds them."""
-        todo = [(dep, target_state, reason)]
-        touched_jobs: set[int] = set()
-        while todo:
-            url, tstate, why = todo.pop()
-            db.execute("UPDATE deps SET target_state=? WHERE dep=?", (tstate, url))
-            waiting = db.execute("SELECT d.job_id, d.frame_id, f.state FROM deps d JOIN frames f"
-                                 " ON f.job_id=d.job_id AND f.frame_id=d.frame_id WHERE d.dep=?", (url,)).fetchall()
-            for job_id, frame_id, fstate in waiting:
-                if tstate == "stuck" and fstate == states.QUEUED:
-                    self._frame_to(db, job_id, frame_id, states.BLOCKED, f"blocked: {why}")
-                    todo.append((self.frame_url(job_id, frame_id), "stuck", f"{self.frame_url(job_id, frame_id)} is blocked"))
-                    touched_jobs.add(job_id)
-                elif tstate != "stuck" and fstate == states.BLOCKED:
-                    still = db.execute("SELECT 1 FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
-                                       (job_id, frame_id)).fetchone()
-                    if still is None:
-                        self._frame_to(db, job_id, frame_id, states.QUEUED, f"unblocked: {url} {why or tstate}")
-                        todo.append((self.frame_url(job_id, frame_id), "waiting", ""))
-                        touched_jobs.add(job_id)
-        for job_id in touched_jobs:
-            self._follow_frames(db, job_id, "dependencies changed")
+    def frame_and_job_state(self, db, job_id: int, frame_id: int) -> tuple[str, str] | None:
+        row = db.execute("SELECT f.state, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
+                         " WHERE f.job_id=? AND f.frame_id=?", (job_id, frame_id)).fetchone()
+        return tuple(row) if row else None
 
-    def set_remote_dep(self, dep: str, target_state: str, reason: str) -> None:
-        with self._tx() as db:
-            self._dep_target_is(db, dep, target_state, reason)
-        self._notify()
+    def set_dep_target(self, db, dep: str, target_state: str) -> list[tuple[int, int, str]]:
+        """Record what is known of ``dep``; returns the frames waiting for it, with their states."""
+        db.execute("UPDATE deps SET target_state=? WHERE dep=?", (target_state, dep))
+        return [tuple(r) for r in db.execute(
+            "SELECT d.job_id, d.frame_id, f.state FROM deps d JOIN frames f"
+            " ON f.job_id=d.job_id AND f.frame_id=d.frame_id WHERE d.dep=?", (dep,))]
+
+    def stuck_deps(self, db, job_id: int, frame_id: int) -> list[str]:
+        return [r[0] for r in db.execute("SELECT dep FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
+                                         (job_id, frame_id))]
 
     def remote_deps_pending(self) -> list[str]:
         """Dependencies on other servers' frames that are not known to be done."""
@@ -405,6 +446,8 @@ class Store:
                 " WHERE d.target_state!='done' AND j.state NOT IN (?,?)",
                 (states.DONE, states.CANCELLED)).fetchall()
         return [r[0] for r in rows if not r[0].startswith(prefix)]
+
+    # --- reads -----------------------------------------------------------------------------
 
     def job_for_upload_key(self, submitter: str, key: str) -> int | None:
         with self._lock:
@@ -433,17 +476,11 @@ class Store:
 
     def frame(self, job_id: int, frame_id: int) -> FrameRow:
         with self._lock:
-            row = self._db.execute("SELECT * FROM frames WHERE job_id=? AND frame_id=?",
-                                   (job_id, frame_id)).fetchone()
-        if row is None:
-            raise NotFound(f"job {job_id} has no frame {frame_id}")
-        return _frame(row)
+            return self.frame_in(self._db, job_id, frame_id)
 
     def frame_counts(self, job_id: int) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state",
-                                    (job_id,)).fetchall()
-        return {r[0]: r[1] for r in rows}
+            return self.frame_counts_in(self._db, job_id)
 
     def events(self, job_id: int, after: int = 0) -> list[Event]:
         with self._lock:
@@ -451,175 +488,17 @@ class Store:
                                     (job_id, after)).fetchall()
         return [Event(**dict(r)) for r in rows]
 
-    # --- the state machine ---------------------------------------------------------------
+    def frames_leased_to(self, server: str) -> list[tuple[int, int]]:
+        with self._lock:
+            return [(j, f) for j, f, _ in self.rendering_frames(self._db, server=server)]
 
-    def _frame_to(self, db, job_id: int, frame_id: int, new: str, reason: str,
-                  only_from: str | None = None, **cols) -> None:
-        """Move a frame to ``new`` (``only_from``: and only from that state, where the move
-        means something narrower than the table allows, e.g. a retry is only of a failed frame)."""
-        row = db.execute("SELECT state FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()
-        if row is None:
-            raise NotFound(f"job {job_id} has no frame {frame_id}")
-        if only_from is not None and row[0] != only_from:
-            raise Conflict(f"frame {frame_id} of job {job_id} is {row[0]}, not {only_from}")
-        states.check_frame(row[0], new, f"frame {frame_id} of job {job_id}")
-        sets = ", ".join(f"{k}=?" for k in cols)
-        db.execute(f"UPDATE frames SET state=?, reason=?{', ' + sets if sets else ''} WHERE job_id=? AND frame_id=?",
-                   (new, reason, *cols.values(), job_id, frame_id))
-        db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
-                   (time.time(), job_id, frame_id, row[0], new, reason))
-
-    def _job_state(self, db, job_id: int) -> str:
-        row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFound(f"no job {job_id} on this server; `distren jobs` lists the jobs it has")
-        return row[0]
-
-    def _job_to(self, db, job_id: int, new: str, reason: str) -> None:
-        old = self._job_state(db, job_id)
-        if old == new:
-            return
-        states.check_job(old, new, f"job {job_id}")
-        db.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE id=?", (new, reason, time.time(), job_id))
-        db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
-                   (time.time(), job_id, None, old, new, reason))
-
-    def _follow_frames(self, db, job_id: int, reason: str) -> str:
-        """Move a job to the state its frames imply (never out of cancelled; never to done:
-        done waits for the rebundled result, see :meth:`mark_job_done`)."""
-        state = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
-        if state in (states.CANCELLED, states.DONE):
-            return state
-        counts = {r[0]: r[1] for r in db.execute(
-            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job_id,))}
-        new = states.job_state_for(counts)
-        if new == states.DONE:
-            new = states.RENDERING
-        if new != state:
-            self._job_to(db, job_id, new, reason)
-        return new
-
-    def claim_frame(self, server: str, job_id: int | None = None, lease_expires: float | None = None,
-                    nonce: tuple[str, float] | None = None) -> tuple[int, int] | None:
-        """Take the oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs
-        first in, first served). A frame for another server is leased until ``lease_expires``;
-        ``nonce`` (the lease request's, with its expiry) is recorded in the same transaction."""
-        with self._tx() as db:
-            if nonce is not None and db.execute("INSERT OR IGNORE INTO nonces(nonce, expires) VALUES(?, ?)",
-                                                nonce).rowcount == 0:
-                raise Replayed("replayed request (nonce already used)")
-            only = "AND j.id=?" if job_id is not None else ""
-            args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
-            row = db.execute(
-                "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
-                f" WHERE f.state=? AND j.state IN (?,?) {only}"
-                " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
-                " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
-                args).fetchone()
-            if row is None:
-                return None
-            job_id, frame_id, job_state = row
-            # The hot path of every lease: one UPDATE, one event, and the job's state only when
-            # it changes (a queued job starts rendering), not a recount of all its frames.
-            states.check_frame(states.QUEUED, states.RENDERING)
-            now = time.time()
-            reason = f"rendering on {server}"
-            db.execute("UPDATE frames SET state=?, reason=?, server=?, started=?, attempts=attempts+1,"
-                       " lease_expires=? WHERE job_id=? AND frame_id=?",
-                       (states.RENDERING, reason, server, now, lease_expires, job_id, frame_id))
-            db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
-                       (now, job_id, frame_id, states.QUEUED, states.RENDERING, reason))
-            if job_state == states.QUEUED:
-                self._job_to(db, job_id, states.RENDERING, f"frame {frame_id} started {reason}")
-        self._notify()
-        return job_id, frame_id
-
-    def finish_frame(self, job_id: int, frame_id: int, server: str, files: list[dict]) -> bool:
-        """Record a rendered frame. Returns True when it was the job's last frame."""
-        with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.DONE, f"rendered by {server}", server=server,
-                           files=json.dumps(files, sort_keys=True), finished=time.time(), lease_expires=None)
-            self._dep_target_is(db, self.frame_url(job_id, frame_id), "done", "done")
-            self._follow_frames(db, job_id, f"frame {frame_id} done")
-            left = db.execute("SELECT COUNT(*) FROM frames WHERE job_id=? AND state!=?",
-                              (job_id, states.DONE)).fetchone()[0]
-        self._notify()
-        return left == 0
-
-    def requeue_frame(self, job_id: int, frame_id: int, reason: str) -> None:
-        with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.QUEUED, reason, only_from=states.RENDERING,
-                           server=None, lease_expires=None)
-            self._follow_frames(db, job_id, f"frame {frame_id}: {reason}")
-        self._notify()
-
-    def fail_frame(self, job_id: int, frame_id: int, reason: str) -> None:
-        with self._tx() as db:
-            self._frame_to(db, job_id, frame_id, states.FAILED, reason, finished=time.time())
-            url = self.frame_url(job_id, frame_id)
-            self._dep_target_is(db, url, "stuck", f"{url} failed: {reason}")
-            self._follow_frames(db, job_id, f"frame {frame_id} failed: {reason}")
-        self._notify()
-
-    def retry_frame(self, job_id: int, frame_id: int, by: str) -> None:
-        with self._tx() as db:
-            if self._job_state(db, job_id) == states.CANCELLED:
-                raise Conflict(f"job {job_id} is cancelled; submit it again instead")
-            stuck = [r[0] for r in db.execute("SELECT dep FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
-                                              (job_id, frame_id))]
-            if stuck:
-                raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
-            self._frame_to(db, job_id, frame_id, states.QUEUED, f"retried by {by}", only_from=states.FAILED,
-                           attempts=0, server=None)
-            self._dep_target_is(db, self.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
-            self._follow_frames(db, job_id, f"frame {frame_id} retried by {by}")
-        self._notify()
-
-    def mark_job_done(self, job_id: int) -> None:
-        with self._tx() as db:
-            self._job_to(db, job_id, states.DONE, "all frames rendered and rebundled")
-        self._notify()
-
-    def cancel_job(self, job_id: int, by: str) -> None:
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id} on this server")
-            if row[0] in (states.DONE, states.CANCELLED):
-                raise Conflict(f"job {job_id} is already {row[0]}; nothing to cancel")
-            self._job_to(db, job_id, states.CANCELLED, f"cancelled by {by}")
-            for (frame_id,) in db.execute("SELECT frame_id FROM frames WHERE job_id=? AND state!=?",
-                                          (job_id, states.DONE)).fetchall():
-                url = self.frame_url(job_id, frame_id)
-                self._dep_target_is(db, url, "stuck", f"{url}: its job was cancelled")
-        self._notify()
-
-    def renew_lease(self, job_id: int, frame_id: int, server: str, expires: float) -> None:
-        with self._tx() as db:
-            cur = db.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame_id=? AND state=? AND server=?",
-                             (expires, job_id, frame_id, states.RENDERING, server))
-            if cur.rowcount == 0:
-                raise Conflict(f"frame {frame_id} of job {job_id} is not leased to {server}")
-
-    def expire_leases(self, now: float) -> list[tuple[int, int, str]]:
-        """Leases that ran out: the frame is ready again for any server."""
-        with self._tx() as db:
-            rows = db.execute("SELECT job_id, frame_id, server FROM frames WHERE state=? AND lease_expires<?",
-                              (states.RENDERING, now)).fetchall()
-            for job_id, frame_id, server in rows:
-                self._frame_to(db, job_id, frame_id, states.QUEUED,
-                               f"the lease of {server} ran out before it delivered the frame",
-                               server=None, lease_expires=None)
-                self._follow_frames(db, job_id, f"frame {frame_id} lease ran out")
-        if rows:
-            self._notify()
-        return [tuple(r) for r in rows]
-
-    def extend_leases(self, until: float) -> None:
-        """After this server was down, renderers could not renew: give them time to."""
-        with self._tx() as db:
-            db.execute("UPDATE frames SET lease_expires=MAX(lease_expires, ?) WHERE state=? AND lease_expires IS NOT NULL",
-                       (until, states.RENDERING))
+    def jobs_awaiting_rebundle(self) -> list[int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT j.id FROM jobs j WHERE j.state IN (?,?) AND NOT EXISTS"
+                " (SELECT 1 FROM frames f WHERE f.job_id=j.id AND f.state!=?)",
+                (states.QUEUED, states.RENDERING, states.DONE)).fetchall()
+        return [r[0] for r in rows]
 
     # --- peers and announcements ---------------------------------------------------------
 
@@ -701,49 +580,6 @@ class Store:
         with self._tx() as db:
             db.execute("UPDATE announcements SET active=0 WHERE job=?", (job,))
 
-    def frames_leased_to(self, server: str) -> list[tuple[int, int]]:
-        with self._lock:
-            rows = self._db.execute("SELECT job_id, frame_id FROM frames WHERE state=? AND server=?",
-                                    (states.RENDERING, server)).fetchall()
-        return [tuple(r) for r in rows]
-
-    def delete_job(self, job_id: int) -> None:
-        """Forget a finished job. Its id stays used: AUTOINCREMENT never hands it out again."""
-        with self._tx() as db:
-            row = db.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no job {job_id} on this server")
-            if row[0] not in states.FINAL_JOB_STATES:
-                raise Conflict(f"job {job_id} is {row[0]}; cancel it before deleting it")
-            for table, col in (("events", "job_id"), ("deps", "job_id"), ("frames", "job_id"), ("jobs", "id")):
-                db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
-        self._notify()
-
-    def recover(self, server: str) -> list[tuple[int, int]]:
-        """At start: frames this server was rendering when it died go back to the queue."""
-        with self._tx() as db:
-            rows = db.execute("SELECT job_id, frame_id FROM frames WHERE state=? AND server=?",
-                              (states.RENDERING, server)).fetchall()
-            for job_id, frame_id in rows:
-                self._frame_to(db, job_id, frame_id, states.QUEUED,
-                               f"{server} restarted while rendering this frame", server=None, lease_expires=None)
-                self._follow_frames(db, job_id, f"frame {frame_id} requeued after restart")
-        self._notify()
-        return [tuple(r) for r in rows]
-
-    def jobs_awaiting_rebundle(self) -> list[int]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT j.id FROM jobs j WHERE j.state IN (?,?) AND NOT EXISTS"
-                " (SELECT 1 FROM frames f WHERE f.job_id=j.id AND f.state!=?)",
-                (states.QUEUED, states.RENDERING, states.DONE)).fetchall()
-        return [r[0] for r in rows]
-
-    def wait_for_change(self, version: int, timeout: float) -> int:
-        with self.changed:
-            self.changed.wait_for(lambda: self.version != version, timeout=timeout)
-            return self.version
-
 
 
 def no_such_job(job_id: int) -> NotFound:
@@ -760,6 +596,11 @@ def _shown(name: str) -> str:
 def _job_for_upload_key(db, submitter: str, key: str) -> int | None:
     row = db.execute("SELECT id FROM jobs WHERE submitter=? AND upload_key=?", (submitter, key)).fetchone()
     return row[0] if row else None
+
+
+def _event(db, now: float, job_id: int, frame_id: int | None, old: str, new: str, reason: str) -> None:
+    db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
+               (now, job_id, frame_id, old, new, reason))
 
 
 def _job(row: sqlite3.Row) -> JobRow:

@@ -1,0 +1,288 @@
+"""The one owner of every frame and job state change.
+
+Each transition below is one SQLite transaction that reads the frame (or job) as it is, checks
+the expected state *and*, for reports from a renderer, that the reporting server still holds the
+frame, makes the move through the store's small functions (which record the reason in the
+``events`` table), and after COMMIT publishes the change on the :class:`~distren.bus.Bus`.
+Nothing else writes a frame's or a job's state; :mod:`distren.states` is the table of allowed
+moves.
+
+Who holds a frame: the server named in ``frames.server`` while it is ``rendering``. A report
+from any other server (a renderer whose lease ran out and whose frame was given to another) is
+a :class:`~distren.errors.Conflict` and changes nothing.
+
+Attempts count renders that failed. A lease that runs out, a restart, a shutdown or a cancelled
+job puts the frame back in the queue without using up an attempt: those say nothing about
+whether the frame can be rendered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import states
+from .bus import Bus, Change
+from .errors import Conflict, Replayed
+from .states import BLOCKED, CANCELLED, DONE, FAILED, QUEUED, RENDERING
+from .store import FrameRow, Store
+
+
+@dataclass
+class _Tx:
+    db: object
+    now: float
+    changes: list[Change] = field(default_factory=list)
+
+
+class Lifecycle:
+    def __init__(self, store: Store, bus: Bus | None = None, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.bus = bus or Bus()
+        self.clock = clock
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        with self.store.tx() as db:
+            t = _Tx(db, self.clock())
+            yield t
+        self.bus.publish(t.changes)  # only once committed: a rollback publishes nothing
+
+    # --- the moves, inside a transaction ----------------------------------------------------
+
+    def _frame_to(self, t: _Tx, job_id: int, frame_id: int, new: str, reason: str, *,
+                  expect: str | None = None, holder: str | None = None, **cols) -> FrameRow:
+        """Move a frame to ``new``. ``expect``: only from that state (where the move means
+        something narrower than the table allows, e.g. a retry is only of a failed frame);
+        ``holder``: only if that server holds it."""
+        row = self.store.frame_in(t.db, job_id, frame_id)
+        what = f"frame {frame_id} of job {job_id}"
+        if expect is not None and row.state != expect:
+            raise Conflict(f"{what} is {row.state}, not {expect}")
+        states.check_frame(row.state, new, what)
+        if holder is not None and row.server != holder:
+            raise Conflict(f"{what} is not leased to {holder} (it is {row.state} on {row.server})")
+        self.store.set_frame(t.db, job_id, frame_id, row.state, new, reason, t.now, **cols)
+        t.changes.append(Change(job_id, frame_id, row.state, new, reason))
+        return row
+
+    def _job_to(self, t: _Tx, job_id: int, new: str, reason: str, old: str | None = None) -> None:
+        old = old or self.store.job_state(t.db, job_id)
+        if old == new:
+            return
+        states.check_job(old, new, f"job {job_id}")
+        self.store.set_job(t.db, job_id, old, new, reason, t.now)
+        t.changes.append(Change(job_id, None, old, new, reason))
+
+    def _follow(self, t: _Tx, job_id: int, reason: str) -> None:
+        """Move a job to the state its frames imply (never out of cancelled; never to done:
+        done waits for the rebundled result, see :meth:`job_done`)."""
+        state = self.store.job_state(t.db, job_id)
+        if state in (CANCELLED, DONE):
+            return
+        new = states.job_state_for(self.store.frame_counts_in(t.db, job_id))
+        self._job_to(t, job_id, RENDERING if new == DONE else new, reason, old=state)
+
+    def _dep_target_is(self, t: _Tx, dep: str, target_state: str, reason: str) -> None:
+        """Record what became of ``dep`` and carry it through to the frames waiting for it:
+        a stuck target blocks them (and, in turn, their own dependents); a target that is no
+        longer stuck releases them when nothing else holds them."""
+        todo = [(dep, target_state, reason)]
+        touched: set[int] = set()
+        while todo:
+            url, tstate, why = todo.pop()
+            for job_id, frame_id, fstate in self.store.set_dep_target(t.db, url, tstate):
+                mine = self.store.frame_url(job_id, frame_id)
+                if tstate == "stuck" and fstate == QUEUED:
+                    self._frame_to(t, job_id, frame_id, BLOCKED, f"blocked: {why}")
+                    todo.append((mine, "stuck", f"{mine} is blocked"))
+                    touched.add(job_id)
+                elif tstate != "stuck" and fstate == BLOCKED and not self.store.stuck_deps(t.db, job_id, frame_id):
+                    self._frame_to(t, job_id, frame_id, QUEUED, f"unblocked: {url} {why or tstate}")
+                    todo.append((mine, "waiting", ""))
+                    touched.add(job_id)
+        for job_id in touched:
+            self._follow(t, job_id, "dependencies changed")
+
+    def _requeue_all(self, t: _Tx, rows, reason: Callable[[str], str], job_reason: Callable[[int], str]):
+        for job_id, frame_id, server in rows:
+            self._frame_to(t, job_id, frame_id, QUEUED, reason(server), server=None, lease_expires=None)
+            self._follow(t, job_id, job_reason(frame_id))
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, submitter: str, jtype: str, frame_ids: list[int],
+                   make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None,
+                   make_deps: Callable[[int], list[tuple[int, str]]] = lambda job_id: []) -> int:
+        """A new job, its frames queued (or blocked, if what they wait for here is stuck)."""
+        with self._tx() as t:
+            reason = f"submitted by {submitter}"
+            job_id, new = self.store.insert_job(t.db, submitter, jtype, frame_ids, make_jobfile, staged,
+                                                upload_key, reason, t.now)
+            if not new:
+                return job_id
+            t.changes.append(Change(job_id, None, "", QUEUED, reason))
+            deps = make_deps(job_id)
+            self.store.insert_deps(t.db, job_id, deps)
+            for _, dep in deps:  # targets on this server may be finished (or stuck) already
+                target = self.store.local_target(dep)
+                if target is None or target[0] == job_id:
+                    continue
+                found = self.store.frame_and_job_state(t.db, *target)
+                if found is None:
+                    continue
+                fstate, jstate = found
+                if fstate == DONE:
+                    self._dep_target_is(t, dep, "done", "")
+                elif fstate in (FAILED, BLOCKED) or jstate == CANCELLED:
+                    self._dep_target_is(t, dep, "stuck", f"{dep} is {fstate if jstate != CANCELLED else 'cancelled'}")
+        return job_id
+
+    def cancel(self, job_id: int, by: str) -> None:
+        """Frames under way stay rendering until their renderer reports (see :meth:`finish`)."""
+        with self._tx() as t:
+            state = self.store.job_state(t.db, job_id)
+            if state in (DONE, CANCELLED):
+                raise Conflict(f"job {job_id} is already {state}; nothing to cancel")
+            self._job_to(t, job_id, CANCELLED, f"cancelled by {by}", old=state)
+            for frame_id in self.store.unfinished_frames(t.db, job_id):
+                url = self.store.frame_url(job_id, frame_id)
+                self._dep_target_is(t, url, "stuck", f"{url}: its job was cancelled")
+
+    def job_done(self, job_id: int) -> None:
+        """The result is rebundled: the job is done (again: nothing happens)."""
+        with self._tx() as t:
+            self._job_to(t, job_id, DONE, "all frames rendered and rebundled")
+
+    def delete(self, job_id: int, by: str) -> None:
+        """Forget a finished job. Its id stays used: AUTOINCREMENT never hands it out again."""
+        with self._tx() as t:
+            state = self.store.job_state(t.db, job_id)
+            if state not in states.FINAL_JOB_STATES:
+                raise Conflict(f"job {job_id} is {state}; cancel it before deleting it")
+            self.store.delete_job_rows(t.db, job_id)
+            t.changes.append(Change(job_id, None, state, "deleted", f"deleted by {by}"))
+
+    # --- frames -----------------------------------------------------------------------------
+
+    def claim(self, server: str, job_id: int | None = None, lease_expires: float | None = None,
+              nonce: tuple[str, float] | None = None) -> tuple[int, int] | None:
+        """Take the oldest ready frame (of ``job_id`` if given) for ``server``: a local slot
+        (no lease) or another server (leased until ``lease_expires``). ``nonce`` (the lease
+        request's, with its expiry) is recorded in the same transaction."""
+        with self._tx() as t:
+            if nonce is not None and not self.store.record_nonce(t.db, *nonce):
+                raise Replayed("replayed request (nonce already used)")
+            found = self.store.next_queued(t.db, job_id)
+            if found is None:
+                return None
+            job_id, frame_id, job_state = found
+            # The hot path of every lease: the frame was selected as queued, so queued ->
+            # rendering is the move; one UPDATE, one event, and the job only when it changes.
+            reason = f"rendering on {server}"
+            self.store.set_frame(t.db, job_id, frame_id, QUEUED, RENDERING, reason, t.now,
+                                 server=server, started=t.now, lease_expires=lease_expires)
+            t.changes.append(Change(job_id, frame_id, QUEUED, RENDERING, reason))
+            if job_state == QUEUED:
+                self._job_to(t, job_id, RENDERING, f"frame {frame_id} started {reason}", old=QUEUED)
+        return job_id, frame_id
+
+    def renew(self, job_id: int, frame_id: int, server: str, expires: float) -> None:
+        with self._tx() as t:
+            row = self.store.frame_in(t.db, job_id, frame_id)
+            if row.state != RENDERING or row.server != server:
+                raise Conflict(f"frame {frame_id} of job {job_id} is not leased to {server}")
+            self.store.set_lease(t.db, job_id, frame_id, expires)
+
+    def finish(self, job_id: int, frame_id: int, server: str, files: list[dict]) -> bool:
+        """``server``, which holds the frame, rendered it. True when it was the job's last frame.
+        For a job cancelled meanwhile the render is discarded and the frame goes back."""
+        with self._tx() as t:
+            if self.store.job_state(t.db, job_id) == CANCELLED:
+                self._frame_to(t, job_id, frame_id, QUEUED, "job cancelled; the render was discarded",
+                               expect=RENDERING, holder=server, server=None, lease_expires=None)
+                return False
+            self._frame_to(t, job_id, frame_id, DONE, f"rendered by {server}", holder=server,
+                           files=files, finished=t.now, lease_expires=None)
+            self._dep_target_is(t, self.store.frame_url(job_id, frame_id), "done", "done")
+            self._follow(t, job_id, f"frame {frame_id} done")
+            return not self.store.unfinished_frames(t.db, job_id)
+
+    def render_failed(self, job_id: int, frame_id: int, server: str, reason: str, max_attempts: int,
+                      final: bool = False) -> str:
+        """``server``, which holds the frame, could not render it: retry it, or, after
+        ``max_attempts`` failed renders (or at once if ``final``), fail it. Returns the state
+        the frame is in now."""
+        with self._tx() as t:
+            row = self.store.frame_in(t.db, job_id, frame_id)
+            if row.state != RENDERING:  # the table allows failed from rendering only
+                states.check_frame(row.state, FAILED, f"frame {frame_id} of job {job_id}")
+            if self.store.job_state(t.db, job_id) == CANCELLED:
+                self._frame_to(t, job_id, frame_id, QUEUED, "job cancelled while rendering",
+                               expect=RENDERING, holder=server, server=None, lease_expires=None)
+                return QUEUED
+            n = row.attempts + 1
+            if n < max_attempts and not final:
+                why = f"attempt {n} on {server} failed: {reason}; retrying"
+                self._frame_to(t, job_id, frame_id, QUEUED, why, expect=RENDERING, holder=server,
+                               attempts=n, server=None, lease_expires=None)
+                self._follow(t, job_id, f"frame {frame_id}: {why}")
+                return QUEUED
+            why = f"{reason} (on {server})"
+            self._frame_to(t, job_id, frame_id, FAILED, why, holder=server, attempts=n, finished=t.now,
+                           lease_expires=None)
+            url = self.store.frame_url(job_id, frame_id)
+            self._dep_target_is(t, url, "stuck", f"{url} failed: {why}")
+            self._follow(t, job_id, f"frame {frame_id} failed: {why}")
+            return FAILED
+
+    def release(self, job_id: int, frame_id: int, server: str, reason: str) -> None:
+        """``server`` gives a frame it holds back unrendered (it shut down): no attempt used."""
+        with self._tx() as t:
+            self._frame_to(t, job_id, frame_id, QUEUED, reason, expect=RENDERING, holder=server,
+                           server=None, lease_expires=None)
+            self._follow(t, job_id, f"frame {frame_id}: {reason}")
+
+    def retry(self, job_id: int, frame_id: int, by: str) -> None:
+        """A user's second chance for a failed frame: its attempts start again."""
+        with self._tx() as t:
+            if self.store.job_state(t.db, job_id) == CANCELLED:
+                raise Conflict(f"job {job_id} is cancelled; submit it again instead")
+            stuck = self.store.stuck_deps(t.db, job_id, frame_id)
+            if stuck:
+                raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
+            self._frame_to(t, job_id, frame_id, QUEUED, f"retried by {by}", expect=FAILED, attempts=0, server=None)
+            self._dep_target_is(t, self.store.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
+            self._follow(t, job_id, f"frame {frame_id} retried by {by}")
+
+    def dependency(self, dep: str, target_state: str, reason: str) -> None:
+        """What another server says of a frame that frames here wait for."""
+        with self._tx() as t:
+            self._dep_target_is(t, dep, target_state, reason)
+
+    # --- leases and restarts ----------------------------------------------------------------
+
+    def expire_leases(self, now: float | None = None) -> list[tuple[int, int, str]]:
+        """Leases that ran out: the frame is ready again for any server. No attempt is used:
+        the renderer may simply have gone away."""
+        with self._tx() as t:
+            rows = self.store.rendering_frames(t.db, lease_before=t.now if now is None else now)
+            self._requeue_all(t, rows, lambda s: f"the lease of {s} ran out before it delivered the frame",
+                              lambda f: f"frame {f} lease ran out")
+        return rows
+
+    def extend_leases(self, until: float) -> None:
+        """After this server was down, renderers could not renew: give them time to."""
+        with self._tx() as t:
+            self.store.extend_leases(t.db, until)
+
+    def recover(self, server: str) -> list[tuple[int, int]]:
+        """At start: frames this server was rendering when it died go back to the queue."""
+        with self._tx() as t:
+            rows = self.store.rendering_frames(t.db, server=server)
+            self._requeue_all(t, rows, lambda s: f"{s} restarted while rendering this frame",
+                              lambda f: f"frame {f} requeued after restart")
+        return [(j, f) for j, f, _ in rows]
