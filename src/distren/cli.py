@@ -57,7 +57,12 @@ def serve(
     listen: str = typer.Option("127.0.0.1:8311", "--listen", help="HOST:PORT to listen on."),
     data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
     slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing)."),
-    frame_timeout: float = typer.Option(3600.0, "--frame-timeout", help="Seconds before a frame's render is stopped."),
+    frame_timeout: float = typer.Option(3600.0, "--frame-timeout", min=0.1, help="Seconds before a frame's render is stopped."),
+    max_memory: str = typer.Option("4G", "--max-memory", help="Memory (address space) of each process of a render."),
+    max_processes: int = typer.Option(256, "--max-processes", min=1, help="Processes and threads of one render."),
+    max_output: str = typer.Option("64M", "--max-output", help="Output a render may print (its log keeps the last 1 MiB)."),
+    max_files: int = typer.Option(1000, "--max-files", min=1, help="Files a render may write."),
+    max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes."),
     peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
                                             "(default: http://LISTEN)."),
@@ -72,8 +77,12 @@ def serve(
     """Run a distren server."""
     from . import httpserver
     from .api import create_app
+    from .sandbox import Limits, parse_size
     from .service import DEFAULT_SLOTS, Server, Settings
 
+    limits = Limits(memory=parse_size(max_memory, "--max-memory"), processes=max_processes, wall=frame_timeout,
+                    output=parse_size(max_output, "--max-output"), files=max_files,
+                    file_bytes=parse_size(max_file_bytes, "--max-file-bytes"))
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise DistrenError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:8311")
@@ -85,7 +94,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     http_limits = httpserver.limits(header_timeout, max_connections)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
-                             frame_timeout=frame_timeout, advertise=advertise, peers=peer,
+                             limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout))
     server.start()
     err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "

@@ -44,6 +44,11 @@ class RenderError(DistrenError):
     """A backend failed to render a frame; the message carries the renderer's own words."""
 
 
+class LimitExceeded(RenderError):
+    """A render hit one of the server's limits; the message names it and the serve option.
+    The same server would hit it again, so the frame is not retried here."""
+
+
 class Unauthorized(DistrenError):
     """No credentials, or credentials this server does not accept."""
 

@@ -20,7 +20,7 @@ from . import backends, bundle, jobfile, sandbox, states, urls
 from .bus import Bus, Change
 from .federation import Federation, RemoteWork, check_address
 from .identity import Identity
-from .errors import (BundleError, Conflict, DistrenError, InvalidURL, JobFileError, NotFound, RenderError,
+from .errors import (BundleError, Conflict, DistrenError, InvalidURL, JobFileError, LimitExceeded, NotFound, RenderError,
                      Unauthorized)
 from .fsutil import atomic_open, atomic_write, sha256_file
 from .lifecycle import Lifecycle
@@ -44,7 +44,7 @@ class Settings:
     name: str
     data: Path
     slots: int = DEFAULT_SLOTS
-    frame_timeout: float = 3600.0
+    limits: sandbox.Limits = field(default_factory=sandbox.Limits)  # what one frame's render may use
     max_attempts: int = MAX_ATTEMPTS
     advertise: str = "http://127.0.0.1:8311"  # the address peers reach this server at
     peers: list[str] = field(default_factory=list)
@@ -413,7 +413,7 @@ class Server:
             for name in self._place_dependencies(jf, frame, workdir):
                 shared.pop(name, None)  # a dependency's file takes the place of a scene file
             backend = backends.get(frame.backend(jf.type))
-            produced = backend.render(jf, frame, workdir, logpath, self.settings.frame_timeout, track, shared)
+            produced = backend.render(jf, frame, workdir, logpath, self.settings.limits, track, shared)
             files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
                      for n in produced]
             bundle.write_tar(frame_tar, [(n, workdir / n) for n in produced])
@@ -496,7 +496,7 @@ class Server:
                 self.life.release(job_id, frame_id, str(self.url), f"{self.url} shut down while rendering")
             else:
                 self.life.render_failed(job_id, frame_id, str(self.url), msg, self.settings.max_attempts,
-                                        final=isinstance(err, JobFileError))
+                                        final=isinstance(err, (JobFileError, LimitExceeded)))
         except Exception:
             log.exception("could not record the failure of frame %s of job %s", frame_id, job_id)
 

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from ..errors import JobFileError
 from ..jobfile import Frame, JobFile
+from ..sandbox import Limits
 
 
 class Backend(Protocol):
@@ -16,12 +17,13 @@ class Backend(Protocol):
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]: ...
 
-    def render(self, jf: JobFile, frame: Frame, workdir, log, timeout: float,
+    def render(self, jf: JobFile, frame: Frame, workdir, log, limits: Limits,
                on_start=None, shared=None) -> list[str]:
         """Render ``frame`` in ``workdir`` (a private copy of the scene, except for the large
-        files in ``shared``, which are to be mounted read-only at their places); write the
-        renderer's output to the text file ``log``; return the names (relative to ``workdir``)
-        of the files the frame produced. Raise RenderError with the renderer's own message."""
+        files in ``shared``, which are to be mounted read-only at their places) with
+        :func:`distren.sandbox.run` within ``limits``; append the renderer's output to the text
+        file ``log``; return the names (relative to ``workdir``) of the files the frame
+        produced. Raise RenderError with the renderer's own message, or the limit it hit."""
         ...
 
 

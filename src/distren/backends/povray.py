@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
 from pathlib import Path, PurePosixPath
 
-from .. import povini, sandbox
-from ..errors import JobFileError, RenderError
+from .. import names, povini, sandbox
+from ..errors import JobFileError, LimitExceeded, RenderError
 from ..jobfile import Frame, JobFile
 
 NAME = "povray"
 POVRAY = "/usr/bin/povray"
 STILL_FRAME = 0  # a still image is a job of one frame, number 0
-MAX_LOG_BYTES = 1 << 20
+MAX_SUMMARY = 600  # characters of POV-Ray's messages in a failure reason
 
 
 def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
     """Parse the job's INI and any INI files it includes, relative to the scene folder."""
-    p = PurePosixPath(ini_name)
-    if p.is_absolute() or ".." in p.parts or len(p.parts) != 1:
+    names.plain(ini_name, "<povray> ini")
+    if len(PurePosixPath(ini_name).parts) != 1:
         raise JobFileError(f"distrenjob.xml: <povray ini={ini_name!r}> must name an INI file at the top of scene/")
     path = Path(scene_dir) / ini_name
     if not path.is_file():
@@ -48,18 +46,15 @@ def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
     return opts
 
 
-def parse_region(text: str, width: int, height: int) -> tuple[int, int, int, int]:
+def parse_region(text: str, width: int, height: int, field: str = "region") -> tuple[int, int, int, int]:
     """``x0,y0,x1,y1`` in pixels, x1/y1 exclusive, inside the image."""
-    try:
-        x0, y0, x1, y1 = (int(v) for v in text.split(","))
-    except ValueError:
-        raise JobFileError(f"distrenjob.xml: region={text!r}: expected x0,y0,x1,y1 in pixels") from None
+    x0, y0, x1, y1 = names.region(text, field)
     if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise JobFileError(f"distrenjob.xml: region={text!r} is not inside the {width}x{height} image")
+        raise JobFileError(f"distrenjob.xml: {field}={text!r} is not inside the {width}x{height} image")
     return x0, y0, x1, y1
 
 
-def error_summary(log_text: str) -> str:
+def error_summary(log_text: str, fallback: bool = True) -> str:
     """POV-Ray's own error message out of its log: the 'File ... line N: ... Error' lines."""
     lines: list[str] = []
     wrapped = False
@@ -73,9 +68,10 @@ def error_summary(log_text: str) -> str:
     picked = [ln for ln in lines if re.search(r"error|cannot|fatal|not found", ln, re.I)
               and not ln.lstrip().startswith(("Fatal Stream", "Debug Stream", "Warning Stream"))
               and "Stream to console" not in ln]
-    if not picked:
+    if not picked and fallback:
         picked = [ln for ln in lines[-5:] if ln.strip()]
-    return " | ".join(dict.fromkeys(p.strip() for p in picked[:6]))
+    text = " | ".join(dict.fromkeys(p.strip() for p in picked[:6]))
+    return text if len(text) <= MAX_SUMMARY else text[:MAX_SUMMARY - 3] + "..."
 
 
 class PovrayBackend:
@@ -99,15 +95,21 @@ class PovrayBackend:
                     f"so the job must have exactly one frame, frame/{STILL_FRAME}, or tiles"
                 )
         for f in own:
-            if f.settings.get("region"):
-                parse_region(f.settings["region"], jf.width, jf.height)
-                if not f.settings.get("output"):
-                    raise JobFileError(f"distrenjob.xml: tile frame/{f.id} needs an output=\"NAME.png\" setting")
+            self.check_tile(jf, f)
+
+    def check_tile(self, jf: JobFile, frame: Frame) -> None:
+        """A tile's region and output reach POV-Ray's command line: both must be plain."""
+        if "output" in frame.settings:
+            names.plain(frame.settings["output"], f"tile frame/{frame.id} output")
+        if frame.settings.get("region"):
+            parse_region(frame.settings["region"], jf.width, jf.height, f"tile frame/{frame.id} region")
+            if not frame.settings.get("output"):
+                raise JobFileError(f"distrenjob.xml: tile frame/{frame.id} needs an output=\"NAME.png\" setting")
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[str]:
         """The files a frame's tarball must hold: the image POV-Ray writes for it."""
         if frame.settings.get("output"):
-            return [frame.settings["output"]]
+            return [names.plain(frame.settings["output"], f"tile frame/{frame.id} output")]
         opts = read_ini(scene_dir, jf.settings.get("ini", ""))
         return [opts.output_name(frame.id if opts.animated else None)]
 
@@ -122,44 +124,47 @@ class PovrayBackend:
             argv += [f"+SC{x0 + 1}", f"+EC{x1}", f"+SR{y0 + 1}", f"+ER{y1}", f"+O{frame.settings['output']}", "+FN"]
         return argv + ["-D", "-P"]
 
-    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float,
+    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
                on_start=None, shared: dict[str, Path] | None = None) -> list[str]:
         workdir = Path(workdir)
+        self.check_tile(jf, frame)  # again: on a peer, the origin's settings are untrusted too
         opts = read_ini(workdir, jf.settings.get("ini", ""))
-        before = _snapshot(workdir)
-        argv = sandbox.command(self.command(jf, frame, opts), workdir, shared)
-        started = time.monotonic()
+        before = snapshot(workdir)
+        argv = self.command(jf, frame, opts)
         with open(log, "ab") as logf:
-            logf.write(f"==== distren: {' '.join(self.command(jf, frame, opts))}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            if on_start:
-                on_start(proc)
-            try:
-                out, _ = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-                logf.write(out[-MAX_LOG_BYTES:])
-                raise RenderError(f"POV-Ray took longer than {timeout:.0f} s; the frame was stopped") from None
-            logf.write(out[-MAX_LOG_BYTES:])
-            logf.write(f"==== distren: exit {proc.returncode} after {time.monotonic() - started:.2f} s\n".encode())
-        text = out.decode(errors="replace")
-        if proc.returncode < 0:
-            raise RenderError(f"POV-Ray was stopped by signal {-proc.returncode}")
-        produced = [name for name, stamp in _snapshot(workdir).items() if before.get(name) != stamp]
+            logf.write(f"==== distren: {' '.join(argv)}\n".encode())
+        out = sandbox.run(argv, workdir, limits, log, shared=shared, on_start=on_start)
+        with open(log, "ab") as logf:
+            logf.write(f"==== distren: exit {out.returncode} after {out.elapsed:.2f} s\n".encode())
+        if out.limit:
+            said = error_summary(out.tail, fallback=False)
+            raise LimitExceeded(out.reason + (f" (POV-Ray: {said})" if said else ""))
+        summary = error_summary(out.tail)
+        if out.returncode < 0:  # bubblewrap itself: the server stopped the frame
+            raise RenderError(f"POV-Ray was stopped by signal {-out.returncode}")
+        produced = produced_since(workdir, before)
         expected = frame.settings.get("output") or opts.output_name(frame.id if opts.animated else None)
         # POV-Ray 3.7 can exit 0 after "Render failed"; the image is the truth.
-        if proc.returncode != 0 or "Render failed" in text or expected not in produced:
-            summary = error_summary(text)
-            if proc.returncode == 0 and "Render failed" not in text:
+        if out.returncode != 0 or "Render failed" in out.tail or expected not in produced:
+            limit = sandbox.explain(out, limits)
+            if limit:
+                said = error_summary(out.tail, fallback=False)
+                raise LimitExceeded(limit + (f" (POV-Ray: {said})" if said else ""))
+            if out.returncode == 0 and "Render failed" not in out.tail:
                 summary = f"POV-Ray wrote no {expected}" + (f" ({summary})" if summary else "")
-            raise RenderError(summary or f"POV-Ray exited with status {proc.returncode}")
-        return sorted(produced)
+            if out.returncode > 128 and not summary:
+                summary = f"POV-Ray was stopped by signal {out.returncode - 128}"
+            raise RenderError(summary or f"POV-Ray exited with status {out.returncode}")
+        return produced
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+def produced_since(root: Path, before: dict[str, tuple[int, int]]) -> list[str]:
+    """Regular files below ``root`` that are new or changed since ``before``; links (which a
+    sandboxed program may plant, pointing anywhere on the host) are never followed."""
+    return sorted(name for name, stamp in snapshot(root).items() if before.get(name) != stamp)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     out = {}
     for dirpath, _, filenames in os.walk(root):
         for fn in filenames:

@@ -5,36 +5,57 @@
 * ``movie`` encodes a job's frames into an MP4 with the ffmpeg bundled in imageio-ffmpeg.
 
 Their inputs are the files of the frames they depend on, which the server places in the
-working folder before calling :meth:`render`. Neither runs scene code, so neither needs the
-sandbox.
+working folder before calling :meth:`render`. Those files are job data (a peer made them), and
+the names come from distrenjob.xml, so both run in the sandbox like a scene, within the same
+limits and without network: the stitcher as ``python -m distren.backends.stitch`` (Pillow's
+decoders never see job data in the server's process), ffmpeg read-only mounted, allowed only
+the ``file`` protocol, and given only names that :func:`distren.names.plain` accepts.
 """
 
 from __future__ import annotations
 
-import subprocess
+import os
+import secrets
+import shutil
+import sys
 from pathlib import Path, PurePosixPath
 
-from ..errors import JobFileError, RenderError
+from .. import names, sandbox
+from ..errors import JobFileError, LimitExceeded, RenderError
 from ..jobfile import Frame, JobFile
-from .povray import parse_region
+from .povray import parse_region, produced_since, snapshot
 
-
-def _name(value: str, what: str) -> str:
-    p = PurePosixPath(value)
-    if not value or p.is_absolute() or ".." in p.parts:
-        raise JobFileError(f"distrenjob.xml: {what}={value!r} must be a relative file name")
-    return value
+FFMPEG = f"{sandbox.PY_ROOT}/ffmpeg"
+MAX_FPS = 240
+MOVIE_INPUTS = (".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg", ".exr", ".hdr")  # images POV-Ray writes
 
 
 def tiles_of(frame: Frame, jf: JobFile) -> list[tuple[str, tuple[int, int, int, int]]]:
     """The stitch frame's ``tiles`` setting: ``NAME@x0,y0,x1,y1`` entries separated by ``;``."""
+    field = f"stitch frame/{frame.id} tiles"
     out = []
     for entry in frame.settings.get("tiles", "").split(";"):
         name, sep, region = entry.partition("@")
         if not sep:
-            raise JobFileError(f"distrenjob.xml: stitch frame/{frame.id}: tile entry {entry!r} is not NAME@x0,y0,x1,y1")
-        out.append((_name(name, "tile"), parse_region(region, jf.width, jf.height)))
+            raise JobFileError(f"distrenjob.xml: {field}: entry {entry!r} is not NAME@x0,y0,x1,y1")
+        out.append((names.plain(name, field), parse_region(region, jf.width, jf.height, field)))
     return out
+
+
+def _fail(outcome: sandbox.Outcome, limits: sandbox.Limits, what: str) -> RenderError:
+    limit = sandbox.explain(outcome, limits)
+    if limit:
+        return LimitExceeded(limit)
+    last = [ln.strip()[:300] for ln in outcome.tail.splitlines() if ln.strip()][-3:]
+    return RenderError(f"{what} failed: {' | '.join(last) or f'exit {outcome.returncode}'}")
+
+
+def _outputs(workdir: Path, before, output: str, outcome, limits, what: str) -> list[str]:
+    if not outcome.ok:
+        raise _fail(outcome, limits, what)
+    if output not in produced_since(workdir, before):
+        raise RenderError(f"{what} wrote no {output}")
+    return [output]
 
 
 class StitchBackend:
@@ -46,33 +67,53 @@ class StitchBackend:
         tiles_of(frame, jf)
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
-        return [_name(frame.settings.get("output", ""), "output")]
+        return [names.plain(frame.settings.get("output", ""), f"stitch frame/{frame.id} output")]
 
-    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None,
-               shared=None) -> list[str]:
-        from PIL import Image
-
+    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
+               on_start=None, shared=None) -> list[str]:
+        self.check_frame(jf, frame)  # again: on a peer, the origin's settings are untrusted too
         output = self.expected_files(jf, frame, None)[0]
-        canvas = None
-        with open(log, "a") as logf:
-            for name, box in tiles_of(frame, jf):
-                path = Path(workdir) / name
-                if not path.is_file():
-                    raise RenderError(f"stitch: tile {name} is missing from the frame's inputs")
-                with Image.open(path) as tile:
-                    if tile.size != (jf.width, jf.height):
-                        raise RenderError(f"stitch: tile {name} is {tile.size[0]}x{tile.size[1]}, not {jf.width}x{jf.height}")
-                    if canvas is None:
-                        canvas = Image.new(tile.mode, tile.size)
-                    canvas.paste(tile.crop(box), box[:2])
-                logf.write(f"stitch: {name} -> {box}\n")
+        args = [str(jf.width), str(jf.height), output] + [f"{n}@{','.join(map(str, box))}" for n, box in tiles_of(frame, jf)]
+        argv, binds = sandbox.python_command(__name__, args)
+        before = snapshot(workdir)
+        with open(log, "ab") as f:
+            f.write(f"==== distren: stitch {' '.join(args)}\n".encode())
+        outcome = sandbox.run(argv, workdir, limits, log, shared=shared, binds=binds, on_start=on_start)
+        return _outputs(Path(workdir), before, output, outcome, limits, "stitch")
+
+
+def stitch(width: int, height: int, output: str, tiles: list[tuple[str, tuple[int, int, int, int]]]) -> None:
+    """In the sandbox: paste each tile's region onto one canvas and write it as PNG."""
+    from PIL import Image
+
+    # Opening reads only the header: the size is checked before any pixel is decoded, so the
+    # job's size, not Pillow's default, is the bound (a job may be 16384x16384).
+    Image.MAX_IMAGE_PIXELS = None
+    canvas = None
+    for name, box in tiles:
+        if not os.path.isfile(name):
+            raise SystemExit(f"stitch: tile {name} is missing from the frame's inputs")
+        with Image.open(name) as tile:
+            if tile.size != (width, height):
+                raise SystemExit(f"stitch: tile {name} is {tile.size[0]}x{tile.size[1]}, not {width}x{height}")
             if canvas is None:
-                raise RenderError("stitch: no tiles")
-            target = Path(workdir) / output
-            target.parent.mkdir(parents=True, exist_ok=True)
-            canvas.save(target, format="PNG")
-            logf.write(f"stitch: wrote {output}\n")
-        return [output]
+                canvas = Image.new(tile.mode, tile.size)
+            canvas.paste(tile.crop(box), box[:2])
+        print(f"stitch: {name} -> {box}")
+    if canvas is None:
+        raise SystemExit("stitch: no tiles")
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(output, format="PNG")
+    print(f"stitch: wrote {output}")
+
+
+def main(args: list[str]) -> None:
+    width, height, output, *entries = args
+    tiles = []
+    for entry in entries:
+        name, _, region = entry.partition("@")
+        tiles.append((names.plain(name, "tile"), parse_region(region, int(width), int(height), "tile")))
+    stitch(int(width), int(height), names.plain(output, "output"), tiles)
 
 
 class MovieBackend:
@@ -80,40 +121,66 @@ class MovieBackend:
 
     def check_frame(self, jf: JobFile, frame: Frame) -> None:
         self.expected_files(jf, frame, None)
-        try:
-            fps = float(frame.settings.get("fps", "24"))
-        except ValueError:
-            fps = 0.0
-        if not 0 < fps <= 240:
-            raise JobFileError(f"distrenjob.xml: movie frame/{frame.id}: fps={frame.settings.get('fps')!r} "
-                               "must be a number of frames per second, above 0 and at most 240")
-        if not [_name(n, "input") for n in frame.settings.get("inputs", "").split(";") if n]:
+        self._fps(frame)
+        self._inputs(frame)
+
+    def _fps(self, frame: Frame) -> str:
+        fps = frame.settings.get("fps", "24")
+        names.number(fps, f"movie frame/{frame.id} fps", 0, MAX_FPS, "a number of frames per second")
+        return fps
+
+    def _inputs(self, frame: Frame) -> list[str]:
+        field = f"movie frame/{frame.id} inputs"
+        if not frame.settings.get("inputs"):
             raise JobFileError(f"distrenjob.xml: movie frame/{frame.id} lists no inputs")
+        inputs = names.plain_list(frame.settings["inputs"], field)
+        kinds = {PurePosixPath(n).suffix.lower() for n in inputs}
+        if len(kinds) != 1 or not kinds <= set(MOVIE_INPUTS):
+            raise JobFileError(f"distrenjob.xml: {field}: the images must all be of one type, named with its "
+                               f"suffix, one of {' '.join(MOVIE_INPUTS)} "
+                               f"(got {', '.join(sorted(k or 'no suffix' for k in kinds))})")
+        return inputs
 
     def expected_files(self, jf: JobFile, frame: Frame, scene_dir) -> list[str]:
-        return [_name(frame.settings.get("output", ""), "output")]
+        return [names.plain(frame.settings.get("output", ""), f"movie frame/{frame.id} output")]
 
-    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, timeout: float, on_start=None,
-               shared=None) -> list[str]:
+    def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
+               on_start=None, shared=None) -> list[str]:
         import imageio_ffmpeg
 
+        self.check_frame(jf, frame)  # again: on a peer, the origin's settings are untrusted too
+        workdir = Path(workdir)
         output = self.expected_files(jf, frame, None)[0]
-        inputs = [_name(n, "input") for n in frame.settings.get("inputs", "").split(";") if n]
-        missing = [n for n in inputs if not (Path(workdir) / n).is_file()]
-        if not inputs or missing:
-            raise RenderError(f"movie: input frames missing: {', '.join(missing) or 'none listed'}")
-        fps = frame.settings.get("fps", "24")
-        listing = Path(workdir) / ".distren-movie-inputs.txt"
-        listing.write_text("".join(f"file '{n}'\nduration {1 / float(fps):.6f}\n" for n in inputs))
-        # yuv420p (what players expect) needs even sides: pad odd ones by a pixel.
-        argv = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0",
-                "-i", listing.name, "-r", fps, "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
-                "-pix_fmt", "yuv420p", "-frames:v", str(len(inputs)), output]
-        with open(log, "ab") as logf:
-            logf.write(f"==== distren: {' '.join(argv)}\n".encode())
-            logf.flush()
-            proc = subprocess.run(argv, cwd=workdir, stdout=logf, stderr=subprocess.STDOUT, timeout=timeout)
-        listing.unlink()
-        if proc.returncode != 0 or not (Path(workdir) / output).is_file():
-            raise RenderError(f"movie: ffmpeg failed (exit {proc.returncode}); see the frame's log")
-        return [output]
+        inputs = self._inputs(frame)
+        missing = [n for n in inputs if not (workdir / n).is_file()]
+        if missing:
+            raise RenderError(f"movie: input frames missing: {', '.join(missing)}")
+        # ffmpeg reads the frames as a numbered sequence of links made here, so that no name
+        # from the job reaches its command line but the output's, as ./NAME.
+        seq = workdir / f".distren-movie-{secrets.token_hex(4)}"
+        seq.mkdir()
+        suffix = PurePosixPath(inputs[0]).suffix.lower()
+        for i, name in enumerate(inputs):
+            os.symlink(os.path.join("..", name), seq / f"{i:06d}{suffix}")
+        argv = [FFMPEG, "-nostdin", "-y", "-loglevel", "error", "-protocol_whitelist", "file",
+                "-f", "image2", "-framerate", self._fps(frame), "-i", f"{seq.name}/%06d{suffix}",
+                # yuv420p (what players expect) needs even sides: pad odd ones by a pixel.
+                "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                "-frames:v", str(len(inputs)), f"./{output}"]
+        with open(log, "ab") as f:
+            f.write(f"==== distren: ffmpeg {' '.join(argv[1:])}\n".encode())
+        (workdir / output).parent.mkdir(parents=True, exist_ok=True)
+        before = snapshot(workdir)
+        try:
+            outcome = sandbox.run(argv, workdir, limits, log, shared=shared, on_start=on_start,
+                                  binds={FFMPEG: Path(imageio_ffmpeg.get_ffmpeg_exe())})
+        finally:
+            shutil.rmtree(seq, ignore_errors=True)
+        return _outputs(workdir, before, output, outcome, limits, "movie: ffmpeg")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except JobFileError as e:
+        raise SystemExit(f"stitch: {e}") from None
