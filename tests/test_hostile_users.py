@@ -274,8 +274,9 @@ def test_hostile_user_names_are_refused_clearly(site, case):
 
 def test_hostile_user_names_at_the_command_line(site):
     for name in ("../x", "a" * 300, "tab\there"):
-        res = site.render.cli("user", "add", name, check=False)
-        assert res.returncode == 1 and "user name" in res.stderr and "Traceback" not in res.stderr, res.stderr
+        for cmd in ("add", "revoke"):
+            res = site.render.cli("user", cmd, name, check=False)
+            assert res.returncode == 1 and "user name" in res.stderr and "Traceback" not in res.stderr, res.stderr
     for body in ({"name": 5}, {"name": "ok", "admin": "yes"}, {}):
         r = call(site.render, "POST", "/api/users", site.render.token, json=body)
         assert r.status_code == 400 and '"name": "USER"' in r.json()["error"], r.text

@@ -136,6 +136,7 @@ class Client:
         return self._request("GET", "/api/users").json()
 
     def revoke_user(self, name: str) -> dict:
+        urls.check_user_name(name)  # a name with '/' would reach another route
         return self._request("POST", f"/api/users/{quote(name, safe='')}/revoke").json()
 
     def wait(self, job: str | int, timeout: float | None = None, poll: float = 0.3,
