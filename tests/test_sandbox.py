@@ -128,6 +128,16 @@ def test_files_already_there_do_not_count(tmp_path):
     assert out.ok, out
 
 
+def test_too_many_processes_are_stopped_naming_processes(tmp_path):
+    """As an ordinary user the rlimit makes the 65th fork fail; as root, which the kernel
+    exempts from it, the watch stops the sandbox. Either way the reason names the limit."""
+    started = time.monotonic()
+    out = sh(tmp_path, "i=0; while [ $i -lt 300 ]; do sleep 30 & i=$((i+1)); done; wait")
+    assert out.limit == "processes", out
+    assert "more than 64 processes or threads" in out.reason and "--max-processes" in out.reason
+    assert time.monotonic() - started < 10
+
+
 def test_no_network(tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

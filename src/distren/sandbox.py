@@ -37,6 +37,7 @@ LOG_TAIL_BYTES = 1 << 20  # what a run leaves in its log at most
 TEXT_TAIL_BYTES = 64 << 10  # what a run's Outcome carries for error messages
 WATCH_INTERVAL = 0.25  # seconds between looks at the sandbox's memory, threads and files
 PY_ROOT = "/opt/distren"
+SANDBOX_PROCESSES = 2  # bubblewrap and its init process, which the watch counts too
 
 GiB, MiB = 1 << 30, 1 << 20
 
@@ -252,7 +253,9 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
                 if time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + WATCH_INTERVAL
                     _watch(proc.pid, peak)
-                    if count_entries(workdir) - files_before > limits.files:
+                    if peak["threads"] > limits.processes + SANDBOX_PROCESSES:
+                        hit = "processes"  # the rlimit's backstop: the kernel exempts root from it
+                    elif count_entries(workdir) - files_before > limits.files:
                         hit = "files"
         finally:
             if proc.poll() is None:
@@ -272,7 +275,8 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
 
 
 _OOM = re.compile(r"bad_alloc|out of memory|cannot allocate memory|MemoryError|memory exhausted", re.I)
-_NO_THREAD = re.compile(r"thread_resource_error|Resource temporarily unavailable|can't start new thread", re.I)
+_NO_THREAD = re.compile(r"thread_resource_error|Resource temporarily unavailable|can't start new thread|"
+                        r"Cannot fork|fork: retry", re.I)
 
 
 def diagnose(out: Outcome, limits: Limits) -> str | None:
