@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ServerProc, free_port
 from distren import jobfile, sandbox
-from distren.backends import stitch
+from distren import backends
 from distren.errors import JobFileError
 
 pytestmark = pytest.mark.e2e
@@ -247,12 +247,13 @@ def test_an_ini_named_as_a_url_is_refused(world):
     ("movie", {"output": "m.mp4", "inputs": "http://127.0.0.1:9/a.png"}),
     ("stitch", {"output": "x.png", "tiles": "file:/etc/t.png@0,0,32,24"}),
     ("stitch", {"output": "-x.png", "tiles": "t.png@0,0,32,24"}),
+    ("povray", {"region": "0,0,32,24", "output": "+I/etc/passwd"}),
 ])
 def test_a_peer_refuses_hostile_settings_before_running_anything(tmp_path, kind, settings):
     """A peer renders what an origin leased it: its backend checks the names again, before
     anything runs, whatever the origin accepted."""
-    jf = jobfile.JobFile("povray", 32, 24, (jobfile.Frame(1, type=kind, settings=settings),))
-    backend = stitch.MovieBackend() if kind == "movie" else stitch.StitchBackend()
+    jf = jobfile.JobFile("povray", 32, 24, (jobfile.Frame(1, type=kind, settings=settings),), {"ini": "a.ini"})
+    backend = backends.get(kind)
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(JobFileError, match="plain relative"):
         backend.render(jf, jf.frames[0], tmp_path, tmp_path / "log", sandbox.Limits())
@@ -384,6 +385,17 @@ def test_a_huge_written_file_fails_naming_file_size(world):
     st = scene_job(server, DEBUG_LINE + '#fopen F "huge.txt" write\n#while (1) #write (F, S) #end\n' + PLAIN_POV)
     frame = st["frames"][0]
     assert "wrote a file larger than 4 MiB" in frame["reason"] and "--max-file-bytes" in frame["reason"]
+    check_after(server, guard)
+
+
+def test_many_files_that_add_up_fail_naming_their_total(world):
+    """Ten files of 1 MB, each under the 4 MiB file limit: together they are over it."""
+    server, guard = world
+    st = scene_job(server, DEBUG_LINE + '#declare N = 0;\n#while (N < 10) #fopen F concat("part", str(N, 0, 0), ".txt") '
+                   'write #declare K = 0; #while (K < 12500) #write (F, S) #declare K = K + 1; #end #fclose F '
+                   '#declare N = N + 1; #end\n' + PLAIN_POV)
+    frame = st["frames"][0]
+    assert "wrote more than 4 MiB of files" in frame["reason"] and "--max-file-bytes" in frame["reason"], frame
     check_after(server, guard)
 
 

@@ -105,6 +105,12 @@ def test_a_huge_file_fails_naming_file_size(tmp_path):
     assert (tmp_path / "work" / "big.bin").stat().st_size <= 1 * MiB
 
 
+def test_many_files_below_the_size_limit_fail_naming_their_total(tmp_path):
+    out = sh(tmp_path, "for i in 1 2 3 4 5 6 7 8; do head -c 500000 /dev/zero > f$i; done; sleep 1")
+    assert out.limit == "written"
+    assert "wrote more than 1 MiB of files" in out.reason and "--max-file-bytes" in out.reason
+
+
 def test_many_files_fail_naming_file_count(tmp_path):
     out = sh(tmp_path, "i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done")
     assert out.limit == "files"
@@ -123,7 +129,7 @@ def test_files_already_there_do_not_count(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     for i in range(200):
-        (work / f"scene{i}.inc").write_text("")
+        (work / f"scene{i}.inc").write_text("x" * 10000)  # 2 MB: more than the 1 MiB limit
     out = sh(tmp_path, "i=0; while [ $i -lt 40 ]; do : > out$i; i=$((i+1)); done")
     assert out.ok, out
 

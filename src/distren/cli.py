@@ -62,7 +62,7 @@ def serve(
     max_processes: int = typer.Option(256, "--max-processes", min=1, help="Processes and threads of one render."),
     max_output: str = typer.Option("64M", "--max-output", help="Output a render may print (its log keeps the last 1 MiB)."),
     max_files: int = typer.Option(1000, "--max-files", min=1, help="Files a render may write."),
-    max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes."),
+    max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes, and of all its files together."),
     peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
                                             "(default: http://LISTEN)."),

@@ -50,14 +50,15 @@ class Limits:
     processes: int = 256  # processes and threads (RLIMIT_NPROC; the kernel exempts root)
     wall: float = 3600.0  # seconds
     output: int = 64 * MiB  # bytes printed (stdout and stderr) before the run is stopped
-    file_bytes: int = 1 * GiB  # size of any one file written (RLIMIT_FSIZE)
+    file_bytes: int = 1 * GiB  # size of any one file written (RLIMIT_FSIZE), and of all of them
     files: int = 1000  # files and folders the run may add to its working folder
     tmp: int = 64 * MiB  # size of the sandbox's /tmp (memory-backed)
 
 
 # Which serve option raises each limit: every failure reason names it.
 OPTIONS = {"memory": "--max-memory", "processes": "--max-processes", "wall": "--frame-timeout",
-           "output": "--max-output", "file_bytes": "--max-file-bytes", "files": "--max-files"}
+           "output": "--max-output", "file_bytes": "--max-file-bytes", "written": "--max-file-bytes",
+           "files": "--max-files"}
 
 
 def size_text(n: float) -> str:
@@ -102,6 +103,7 @@ def _reason(limit: str, limits: Limits) -> str:
         "wall": f"took longer than {limits.wall:g} s",
         "output": f"printed more than {size_text(limits.output)} of output",
         "file_bytes": f"wrote a file larger than {size_text(limits.file_bytes)}",
+        "written": f"wrote more than {size_text(limits.file_bytes)} of files",
         "files": f"wrote more than {limits.files} files",
     }[limit]
     return f"the render {what}; it was stopped (the server's {OPTIONS[limit]} raises the limit)"
@@ -208,7 +210,7 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
     prints to the file ``log``, of which this run keeps at most LOG_TAIL_BYTES. ``on_start``
     gets the process (its group is the sandbox: kill it with ``os.killpg``)."""
     workdir = Path(workdir)
-    files_before = count_entries(workdir)
+    before = tree_size(workdir)
     cmd = command(_limited(argv, limits), workdir, shared, binds, limits.tmp)
     started = time.monotonic()
     deadline = started + limits.wall
@@ -255,16 +257,16 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
                     _watch(proc.pid, peak)
                     if peak["threads"] > limits.processes + SANDBOX_PROCESSES:
                         hit = "processes"  # the rlimit's backstop: the kernel exempts root from it
-                    elif count_entries(workdir) - files_before > limits.files:
-                        hit = "files"
+                    else:
+                        hit = _over(workdir, before, limits)
         finally:
             if proc.poll() is None:
                 _kill(proc)
             proc.wait()
             proc.stdout.close()
             writer.close()
-    if hit is None and count_entries(workdir) - files_before > limits.files:
-        hit = "files"
+    if hit is None:
+        hit = _over(workdir, before, limits)
     out = Outcome(proc.returncode, time.monotonic() - started, total, tail.decode(errors="replace"),
                   peak["memory"], peak["threads"])
     if hit is None and proc.returncode != 0:
@@ -320,12 +322,36 @@ def _watch(pid: int, peak: dict) -> None:
     peak["threads"] = max(peak["threads"], threads)
 
 
-def count_entries(root: Path) -> int:
-    """Files, folders and links below ``root``, without following links."""
-    n = 0
-    for _, dirnames, filenames in os.walk(root):
-        n += len(dirnames) + len(filenames)
-    return n
+def tree_size(root: Path) -> tuple[int, int]:
+    """Files, folders and links below ``root`` (links not followed), and their bytes."""
+    n = size = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    n += 1
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        else:
+                            size += e.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        pass
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return n, size
+
+
+def _over(workdir: Path, before: tuple[int, int], limits: Limits) -> str | None:
+    """The file count or total size a run added to its folder, if over its limit. (The
+    rlimit bounds each file; this bounds them all, so 1000 files of 1 GiB cannot fill a disk.)"""
+    n, size = tree_size(workdir)
+    if n - before[0] > limits.files:
+        return "files"
+    if size - before[1] > limits.file_bytes:
+        return "written"
+    return None
 
 
 def _kill(proc: subprocess.Popen) -> None:
