@@ -27,7 +27,7 @@ from distren.lifecycle import Lifecycle
 from distren.states import CANCELLED, DONE, FAILED, QUEUED, RENDERING
 from distren.store import MIGRATIONS, Store
 
-SRC = Path(store_mod.__file__).resolve().parents[1]  # the child imports the same distren as the tests
+SRC = Path(store_mod.__file__).resolve().parents[2]  # the child imports the same distren as the tests
 _staged = itertools.count()
 
 
@@ -187,13 +187,14 @@ def test_upgrade_from_the_first_schema(tmp_path):
 
 def test_a_failing_migration_leaves_nothing_behind(tmp_path, monkeypatch):
     Store(tmp_path / "d").close()
-    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS + ["CREATE TABLE half(a INTEGER); CREATE TABLE broken("])
+    monkeypatch.setattr(store_mod.migrations, "MIGRATIONS",
+                        MIGRATIONS + ["CREATE TABLE half(a INTEGER); CREATE TABLE broken("])
     with pytest.raises(sqlite3.Error):
         Store(tmp_path / "d")
     with raw(tmp_path / "d") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("SELECT 1 FROM sqlite_master WHERE name='half'").fetchone() is None
-    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.setattr(store_mod.migrations, "MIGRATIONS", MIGRATIONS)
     Store(tmp_path / "d").close()
 
 

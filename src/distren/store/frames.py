@@ -1,0 +1,144 @@
+"""Frames, their leases and their dependencies: the rows lifecycle moves, and the reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from .. import states
+from ..errors import NotFound
+from .jobs import _event
+
+
+@dataclass(frozen=True)
+class FrameRow:
+    job_id: int
+    frame_id: int
+    state: str
+    reason: str
+    attempts: int
+    server: str | None
+    files: list[dict]
+    started: float | None
+    finished: float | None
+
+
+class Frames:
+    def frame_in(self, db, job_id: int, frame_id: int) -> FrameRow:
+        row = db.execute("SELECT * FROM frames WHERE job_id=? AND frame_id=?", (job_id, frame_id)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id} has no frame {frame_id}")
+        return _frame(row)
+
+    def set_frame(self, db, job_id: int, frame_id: int, old: str, new: str, reason: str, now: float,
+                  **cols) -> None:
+        """Move a frame from ``old`` (as read in this transaction) to ``new``, with its event."""
+        if "files" in cols:
+            cols["files"] = json.dumps(cols["files"], sort_keys=True)
+        sets = "".join(f", {k}=?" for k in cols)
+        db.execute(f"UPDATE frames SET state=?, reason=?{sets} WHERE job_id=? AND frame_id=?",
+                   (new, reason, *cols.values(), job_id, frame_id))
+        _event(db, now, job_id, frame_id, old, new, reason)
+
+    def next_queued(self, db, job_id: int | None) -> tuple[int, int, str] | None:
+        """The oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs first in,
+        first served) whose dependencies are done: (job, frame, the job's state)."""
+        only = "AND j.id=?" if job_id is not None else ""
+        args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
+        row = db.execute(
+            "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
+            f" WHERE f.state=? AND j.state IN (?,?) {only}"
+            " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
+            " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
+            args).fetchone()
+        return tuple(row) if row else None
+
+    def frame_counts_in(self, db, job_id: int) -> dict[str, int]:
+        return {r[0]: r[1] for r in db.execute(
+            "SELECT state, COUNT(*) FROM frames WHERE job_id=? GROUP BY state", (job_id,))}
+
+    def unfinished_frames(self, db, job_id: int) -> list[int]:
+        return [r[0] for r in db.execute("SELECT frame_id FROM frames WHERE job_id=? AND state!=? ORDER BY frame_id",
+                                         (job_id, states.DONE))]
+
+    def rendering_frames(self, db, server: str | None = None,
+                         lease_before: float | None = None) -> list[tuple[int, int, str]]:
+        """Frames being rendered: by ``server``, or those whose lease ran out before ``lease_before``."""
+        sql, args = "SELECT job_id, frame_id, server FROM frames WHERE state=?", [states.RENDERING]
+        if server is not None:
+            sql, args = sql + " AND server=?", args + [server]
+        if lease_before is not None:
+            sql, args = sql + " AND lease_expires<?", args + [lease_before]
+        return [tuple(r) for r in db.execute(sql + " ORDER BY job_id, frame_id", args)]
+
+    def set_lease(self, db, job_id: int, frame_id: int, expires: float) -> None:
+        db.execute("UPDATE frames SET lease_expires=? WHERE job_id=? AND frame_id=?", (expires, job_id, frame_id))
+
+    def extend_leases(self, db, until: float) -> None:
+        db.execute("UPDATE frames SET lease_expires=MAX(lease_expires, ?) WHERE state=? AND lease_expires IS NOT NULL",
+                   (until, states.RENDERING))
+
+    def frames(self, job_id: int) -> list[FrameRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM frames WHERE job_id=? ORDER BY frame_id", (job_id,)).fetchall()
+        return [_frame(r) for r in rows]
+
+    def frame(self, job_id: int, frame_id: int) -> FrameRow:
+        with self._lock:
+            return self.frame_in(self._db, job_id, frame_id)
+
+    def frame_counts(self, job_id: int) -> dict[str, int]:
+        with self._lock:
+            return self.frame_counts_in(self._db, job_id)
+
+    def frames_leased_to(self, server: str) -> list[tuple[int, int]]:
+        with self._lock:
+            return [(j, f) for j, f, _ in self.rendering_frames(self._db, server=server)]
+
+    # --- dependencies: one row per <dep>; what is known of its target: waiting, done or stuck
+
+    def frame_url(self, job_id: int, frame_id: int) -> str:
+        return f"distren://{self.get_meta('name')}/job/{job_id}/frame/{frame_id}"
+
+    def local_target(self, dep: str) -> tuple[int, int] | None:
+        prefix = f"distren://{self.get_meta('name')}/job/"
+        if not dep.startswith(prefix):
+            return None
+        job, _, frame = dep[len(prefix):].partition("/frame/")
+        return int(job), int(frame)
+
+    def insert_deps(self, db, job_id: int, deps: list[tuple[int, str]]) -> None:
+        db.executemany("INSERT OR IGNORE INTO deps(job_id, frame_id, dep) VALUES(?,?,?)",
+                       [(job_id, f, d) for f, d in deps])
+
+    def frame_and_job_state(self, db, job_id: int, frame_id: int) -> tuple[str, str] | None:
+        row = db.execute("SELECT f.state, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
+                         " WHERE f.job_id=? AND f.frame_id=?", (job_id, frame_id)).fetchone()
+        return tuple(row) if row else None
+
+    def set_dep_target(self, db, dep: str, target_state: str) -> list[tuple[int, int, str]]:
+        """Record what is known of ``dep``; returns the frames waiting for it, with their states."""
+        db.execute("UPDATE deps SET target_state=? WHERE dep=?", (target_state, dep))
+        return [tuple(r) for r in db.execute(
+            "SELECT d.job_id, d.frame_id, f.state FROM deps d JOIN frames f"
+            " ON f.job_id=d.job_id AND f.frame_id=d.frame_id WHERE d.dep=?", (dep,))]
+
+    def stuck_deps(self, db, job_id: int, frame_id: int) -> list[str]:
+        return [r[0] for r in db.execute("SELECT dep FROM deps WHERE job_id=? AND frame_id=? AND target_state='stuck'",
+                                         (job_id, frame_id))]
+
+    def remote_deps_pending(self) -> list[str]:
+        """Dependencies on other servers' frames that are not known to be done."""
+        prefix = f"distren://{self.get_meta('name')}/"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT d.dep FROM deps d JOIN jobs j ON j.id=d.job_id"
+                " WHERE d.target_state!='done' AND j.state NOT IN (?,?)",
+                (states.DONE, states.CANCELLED)).fetchall()
+        return [r[0] for r in rows if not r[0].startswith(prefix)]
+
+
+def _frame(row: sqlite3.Row) -> FrameRow:
+    return FrameRow(row["job_id"], row["frame_id"], row["state"], row["reason"], row["attempts"],
+                    row["server"], json.loads(row["files"]), row["started"], row["finished"])

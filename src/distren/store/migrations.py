@@ -1,0 +1,94 @@
+"""The schema, as numbered migrations: applied in order at start, recorded in ``PRAGMA
+user_version``. Append only; a released migration never changes."""
+
+MIGRATIONS: list[str] = [
+    # 1: the single-server schema.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    -- AUTOINCREMENT: SQLite then never hands out an id twice, even after deletes.
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        submitter TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        jobfile BLOB NOT NULL,
+        upload_key TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        UNIQUE (submitter, upload_key)
+    );
+    CREATE TABLE frames (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        frame_id INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        server TEXT,
+        files TEXT NOT NULL DEFAULT '[]',
+        started REAL,
+        finished REAL,
+        PRIMARY KEY (job_id, frame_id)
+    );
+    CREATE INDEX frames_by_state ON frames(state, job_id, frame_id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        job_id INTEGER NOT NULL,
+        frame_id INTEGER,
+        old TEXT NOT NULL,
+        new TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX events_by_job ON events(job_id, id);
+    """,
+    # 2: federation. Peers are pinned by name and key; announcements are the jobs of all servers
+    # this one has heard of; nonces keep signed requests from being replayed; a frame leased to
+    # another server carries the time its lease runs out.
+    """
+    CREATE TABLE peers (
+        name TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        slots INTEGER,
+        rendering TEXT NOT NULL DEFAULT '[]',
+        last_heard REAL,
+        added REAL NOT NULL
+    );
+    CREATE TABLE announcements (
+        job TEXT PRIMARY KEY,
+        origin TEXT NOT NULL,
+        body TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        received REAL NOT NULL
+    );
+    CREATE TABLE nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+    CREATE INDEX nonces_by_expiry ON nonces(expires);
+    ALTER TABLE frames ADD COLUMN lease_expires REAL;
+    CREATE INDEX frames_by_lease ON frames(state, lease_expires);
+    """,
+    # 3: dependencies. One row per <dep>: the frame that waits, the URL it waits for, and what
+    # is known of that target: 'waiting', 'done', or 'stuck' (failed, or blocked itself).
+    """
+    CREATE TABLE deps (
+        job_id INTEGER NOT NULL,
+        frame_id INTEGER NOT NULL,
+        dep TEXT NOT NULL,
+        target_state TEXT NOT NULL DEFAULT 'waiting',
+        PRIMARY KEY (job_id, frame_id, dep)
+    );
+    CREATE INDEX deps_by_target ON deps(dep, target_state);
+    """,
+    # 4: revoking a user. The row stays, so its name is never handed to someone else (its jobs
+    # keep naming it as their submitter); a revoked user's token matches nothing.
+    """
+    ALTER TABLE users ADD COLUMN revoked REAL;
+    CREATE INDEX jobs_by_submitter ON jobs(submitter, id);
+    """,
+]

@@ -1,0 +1,79 @@
+"""Peers (pinned by name and key) and the announcements heard of their jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ..errors import Conflict, NotFound
+
+
+class Peers:
+    def pin_peer(self, name: str, address: str, public_key: str) -> bool:
+        """Remember a peer's key on first contact; refuse a different key later. True if new."""
+        with self._tx() as db:
+            row = db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO peers(name, address, public_key, added, last_heard) VALUES(?,?,?,?,?)",
+                           (name, address, public_key, time.time(), time.time()))
+                return True
+            if row[0] != public_key:
+                raise Conflict(
+                    f"server {name!r} presented a different key than the one pinned on first contact; "
+                    "refusing it. If its key really changed, `distren peers remove NAME`, then add it again."
+                )
+            db.execute("UPDATE peers SET address=?, last_heard=? WHERE name=?", (address, time.time(), name))
+            return False
+
+    def remove_peer(self, name: str) -> None:
+        """Forget a peer and its pinned key (the next hello pins a new one)."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM peers WHERE name=?", (name,)).rowcount == 0:
+                raise NotFound(f"no peer named {name!r}; `distren servers` lists them")
+        self._keys.pop(name, None)
+
+    def peer_key(self, name: str) -> str | None:
+        """Asked on every signed request: answered from memory once read (pins change rarely)."""
+        key = self._keys.get(name)
+        if key is None:
+            with self._lock:
+                row = self._db.execute("SELECT public_key FROM peers WHERE name=?", (name,)).fetchone()
+            if row:
+                key = self._keys[name] = row[0]
+        return key
+
+    def peers(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM peers ORDER BY name").fetchall()
+        return [dict(r, rendering=json.loads(r["rendering"])) for r in rows]
+
+    def peer_heard(self, name: str, slots: int | None = None, rendering: list[str] | None = None) -> None:
+        with self._tx() as db:
+            if slots is None:
+                db.execute("UPDATE peers SET last_heard=? WHERE name=?", (time.time(), name))
+            else:
+                db.execute("UPDATE peers SET last_heard=?, slots=?, rendering=? WHERE name=?",
+                           (time.time(), slots, json.dumps(rendering or []), name))
+
+    def record_announcement(self, job: str, origin: str, body: dict, active: bool) -> bool:
+        """Store what we heard of a job. True when it is news (to be relayed)."""
+        with self._tx() as db:
+            row = db.execute("SELECT active FROM announcements WHERE job=?", (job,)).fetchone()
+            if row is not None and (not row[0] or row[0] == int(active)):
+                return False  # known already, or withdrawn for good
+            db.execute("INSERT INTO announcements(job, origin, body, active, received) VALUES(?,?,?,?,?)"
+                       " ON CONFLICT(job) DO UPDATE SET active=excluded.active, body=excluded.body",
+                       (job, origin, json.dumps(body, sort_keys=True), int(active), time.time()))
+            return True
+
+    def announcements(self, active_only: bool = True) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body, active FROM announcements" + (" WHERE active=1" if active_only else "")
+                + " ORDER BY received").fetchall()
+        return [json.loads(r[0]) for r in rows]  # as their origin signed them
+
+    def forget_announcement(self, job: str) -> None:
+        """Stop considering a job whose origin says it is gone (the signed record stays)."""
+        with self._tx() as db:
+            db.execute("UPDATE announcements SET active=0 WHERE job=?", (job,))
