@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from distren import povini
@@ -479,6 +479,7 @@ def test_errors_name_the_file_line_and_key(text, needles):
 
 @FAST
 @given(st.text(alphabet="+-=;[]\"' \nWHIKFSEOCALw0123456789.abc_", max_size=80))
+@example("'' 0")  # an empty quoted word among switches was an IndexError
 def test_parse_raises_only_scene_error(text):
     try:
         opts = povini.parse(text)

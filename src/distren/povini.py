@@ -217,6 +217,8 @@ def parse(text: str, name: str = "scene.ini", opts: IniOptions | None = None) ->
             except ValueError as e:
                 raise SceneError(f"{where}: cannot split switches ({e})") from None
             for tok in tokens:
+                if not tok:  # a quoted empty word ('') says nothing
+                    continue
                 if tok[0] in "+-" and len(tok) > 1:
                     _apply_switch(opts, tok, where)
                 elif "=" in tok:
