@@ -247,7 +247,8 @@ def create_app(server: Server) -> FastAPI:
             raise DistrenError("a lease request has no body")
         nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
         sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
-        return fed.grant_lease(sender, job_id, nonces[0])
+        can = request.query_params.get("can")
+        return fed.grant_lease(sender, job_id, nonces[0], None if can is None else set(can.split(",")))
 
     async def lease(request: Request):
         # The busiest call a server answers (every idle slot of every peer asks), so it is a

@@ -73,9 +73,11 @@ def serve(
     max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
                                                   "one more evicts the longest waiting for its headers "
                                                   "(default: what the open-file limit allows, up to 10000)."),
+    plugin: list[str] = typer.Option([], "--plugin", help="A Python module to import that registers more render "
+                                     "backends (repeatable; see docs/architecture.md)."),
 ):
     """Run a distren server."""
-    from . import httpserver
+    from . import backends, httpserver
     from .api import create_app
     from .sandbox import Limits, parse_size
     from .service import DEFAULT_SLOTS, Server, Settings
@@ -93,11 +95,15 @@ def serve(
         advertise = f"http://{listen}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     http_limits = httpserver.limits(header_timeout, max_connections)
+    for module in plugin:
+        backends.load_plugin(module)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
                              limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout))
     server.start()
-    err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s); "
+    can = ", ".join(f"{b} {v}" for b, v in backends.available().items())
+    err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s) "
+              f"rendering {can}; "
               f"admin token in {data / 'admin.token'}")
     try:
         httpserver.serve(create_app(server), host, int(port), http_limits)

@@ -16,6 +16,7 @@ The protocol is written down in docs/protocol.md; this module is both of its sid
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -161,6 +162,7 @@ class Federation:
     def hello(self) -> dict:
         ts = f"{time.time():.3f}"
         return {"name": self.name, "address": self.address, "key": self.identity.public, "time": ts,
+                "backends": backends.available(),
                 "signature": self.identity.sign(_hello_text(self.name, self.address, self.identity.public, ts))}
 
     def _check_hello(self, body: dict) -> tuple[str, str, str]:
@@ -214,7 +216,9 @@ class Federation:
 
     def _announcement(self, job_id: int, active: bool) -> dict:
         job = self.store.get_job(job_id)
+        jf, _ = self.server.jobfile(job_id)
         ann = {"job": str(self.server.job_url(job_id)), "origin": self.name, "address": self.address,
+               "backends": backends.needed(jf),
                "key": self.identity.public, "bundle_sha256": self.server.bundle_sha256(job_id),
                "frames": len(self.store.frames(job_id)), "created": job.created, "active": active}
         ann["signature"] = self.identity.sign(_announcement_text(ann))
@@ -268,7 +272,7 @@ class Federation:
         # Every live job, and the latest withdrawals; only records as their origin signed them.
         live = [a for a in self.store.announcements(active_only=True) if a["active"]]
         gone = [a for a in self.store.announcements(active_only=False) if not a["active"]][-1000:]
-        return {"name": self.name, "slots": self.server.settings.slots,
+        return {"name": self.name, "slots": self.server.settings.slots, "backends": backends.available(),
                 "rendering": self.server.rendering_now(), "announcements": live + gone}
 
     def sync_once(self) -> None:
@@ -303,7 +307,7 @@ class Federation:
     def origins_with_work(self) -> list[str]:
         seen: dict[str, None] = {}
         for ann in self.store.announcements():
-            if ann["origin"] != self.name:
+            if ann["origin"] != self.name and self._can_render(ann):
                 seen.setdefault(ann["origin"])
         return list(seen)
 
@@ -322,7 +326,7 @@ class Federation:
         # Where the origin says it is now (its hello) beats where it was when it announced.
         known = self._known_address(origin)
         for ann in self.store.announcements():
-            if ann["origin"] != origin or self._backing_off(ann["job"]):
+            if ann["origin"] != origin or self._backing_off(ann["job"]) or not self._can_render(ann):
                 continue
             job = urls.parse_job(ann["job"])
             address = known or ann["address"]
@@ -353,9 +357,17 @@ class Federation:
             return work
         return None
 
+    @staticmethod
+    def _can_render(ann: dict) -> bool:
+        needs = ann.get("backends")
+        return isinstance(needs, list) and any(b in backends.available() for b in needs)
+
     def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
-        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease", retries=0, timeout=10,
-                                   to=job.server)
+        # What this server can render goes with the request (signed, in the query): the origin
+        # grants only frames of those backends.
+        can = ",".join(backends.available())
+        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}", retries=0,
+                                   timeout=10, to=job.server)
         if resp.status_code == 204:
             return None
         jf = jobfile.loads(resp.content)
@@ -488,17 +500,30 @@ class Federation:
             raise Gone(f"{self.server.job_url(job_id)} is {job.state}")
         return job
 
-    def grant_lease(self, sender: str, job_id: int, nonce: tuple[str, float] | None = None
-                    ) -> tuple[bytes, str, float] | None:
+    def grant_lease(self, sender: str, job_id: int, nonce: tuple[str, float] | None = None,
+                    can: set[str] | None = None) -> tuple[bytes, str, float] | None:
+        """A frame of ``job_id`` for ``sender``, of one of the backends it ``can`` render."""
         expires = time.time() + self.lease_timeout
         renderer = str(urls.ServerURL(sender))
-        claim = self.life.claim(renderer, job_id, lease_expires=expires, nonce=nonce)
+        by_backend = self._frames_by_backend(job_id)
+        skip = [fid for b, ids in by_backend.items() if can is not None and b not in can for fid in ids]
+        claim = None
+        if can is None or can & by_backend.keys():
+            claim = self.life.claim(renderer, job_id, lease_expires=expires, nonce=nonce, skip=skip)
         if claim is None:
             self._own_job(job_id)  # gone or unknown: say so; otherwise nothing is ready
             return None
         jf, frames = self.server.jobfile(job_id)
         return (jobfile.lease_xml(jf, replace(frames[claim[1]], server=renderer)),
                 self.server.bundle_sha256(job_id), expires)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one Federation per server, jobs never change)
+    def _frames_by_backend(self, job_id: int) -> dict[str, tuple[int, ...]]:
+        jf, _ = self.server.jobfile(job_id)
+        out: dict[str, list[int]] = {}
+        for f in jf.frames:
+            out.setdefault(f.backend(jf.type), []).append(f.id)
+        return {b: tuple(ids) for b, ids in out.items()}
 
     def _leased_to(self, sender: str, job_id: int, frame_id: int):
         row = self.store.frame(job_id, frame_id)

@@ -19,7 +19,7 @@ whether the frame can be rendered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,14 +169,16 @@ class Lifecycle:
     # --- frames -----------------------------------------------------------------------------
 
     def claim(self, server: str, job_id: int | None = None, lease_expires: float | None = None,
-              nonce: tuple[str, float] | None = None) -> tuple[int, int] | None:
-        """Take the oldest ready frame (of ``job_id`` if given) for ``server``: a local slot
-        (no lease) or another server (leased until ``lease_expires``). ``nonce`` (the lease
-        request's, with its expiry) is recorded in the same transaction."""
+              nonce: tuple[str, float] | None = None, skip: Collection[int] = (),
+              types: Collection[str] | None = None) -> tuple[int, int] | None:
+        """Take the oldest ready frame (of ``job_id`` if given, not one in ``skip``; of a job of
+        one of ``types`` if given) for ``server``: a local slot (no lease) or another server
+        (leased until ``lease_expires``). ``nonce`` (the lease request's, with its expiry) is
+        recorded in the same transaction."""
         with self._tx() as t:
             if nonce is not None and not self.store.record_nonce(t.db, *nonce):
                 raise Replayed("replayed request (nonce already used)")
-            found = self.store.next_queued(t.db, job_id)
+            found = self.store.next_queued(t.db, job_id, skip, types)
             if found is None:
                 return None
             job_id, frame_id, job_state = found

@@ -389,7 +389,7 @@ class Server:
         for k in range(len(origins)):
             origin = origins[(start + k) % len(origins)]
             if origin == self.url.name:
-                work = self.life.claim(str(self.url))
+                work = self.life.claim(str(self.url), types=list(backends.available()))
             else:
                 work = self.federation.lease_from(origin)
             if work is not None:

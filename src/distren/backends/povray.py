@@ -8,8 +8,10 @@ and the pixels are identical.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 from pathlib import Path, PurePosixPath
 
 from .. import names, povini, sandbox
@@ -76,9 +78,10 @@ def error_summary(log_text: str, fallback: bool = True) -> str:
 
 class PovrayBackend:
     name = NAME
+    scene = True
 
-    def frame_ids(self, jf: JobFile) -> list[int]:
-        return [f.id for f in jf.frames]
+    def version(self) -> str | None:
+        return _version()
 
     def check_scene(self, jf: JobFile, scene_dir: Path) -> None:
         """Refuse at submit what can never render: no INI, an INI that does not parse, frames
@@ -95,9 +98,9 @@ class PovrayBackend:
                     f"so the job must have exactly one frame, frame/{STILL_FRAME}, or tiles"
                 )
         for f in own:
-            self.check_tile(jf, f)
+            self.check_frame(jf, f)
 
-    def check_tile(self, jf: JobFile, frame: Frame) -> None:
+    def check_frame(self, jf: JobFile, frame: Frame) -> None:
         """A tile's region and output reach POV-Ray's command line: both must be plain."""
         if "output" in frame.settings:
             names.plain(frame.settings["output"], f"tile frame/{frame.id} output")
@@ -127,7 +130,7 @@ class PovrayBackend:
     def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
                on_start=None, shared: dict[str, Path] | None = None) -> list[str]:
         workdir = Path(workdir)
-        self.check_tile(jf, frame)  # again: on a peer, the origin's settings are untrusted too
+        self.check_frame(jf, frame)  # again: on a peer, the origin's settings are untrusted too
         opts = read_ini(workdir, jf.settings.get("ini", ""))
         before = snapshot(workdir)
         argv = self.command(jf, frame, opts)
@@ -156,6 +159,19 @@ class PovrayBackend:
                 summary = f"POV-Ray was stopped by signal {out.returncode - 128}"
             raise RenderError(summary or f"POV-Ray exited with status {out.returncode}")
         return produced
+
+
+@functools.cache
+def _version() -> str | None:
+    """POV-Ray's version ("3.7.0.10"), or None when it is not installed."""
+    if not os.access(POVRAY, os.X_OK):
+        return None
+    try:
+        proc = subprocess.run([POVRAY, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"POV-Ray (\d+(?:\.\d+)+)", proc.stdout + proc.stderr)
+    return found.group(1) if found else "unknown"
 
 
 def produced_since(root: Path, before: dict[str, tuple[int, int]]) -> list[str]:

@@ -60,6 +60,15 @@ def _outputs(workdir: Path, before, output: str, outcome, limits, what: str) -> 
 
 class StitchBackend:
     name = "stitch"
+    scene = False
+
+    def version(self) -> str | None:
+        import PIL
+
+        return f"Pillow {PIL.__version__}"
+
+    def check_scene(self, jf: JobFile, scene_dir: Path) -> None:
+        pass  # never a job's type: see backends.for_job
 
     def check_frame(self, jf: JobFile, frame: Frame) -> None:
         if not self.expected_files(jf, frame, None)[0].lower().endswith(".png"):
@@ -118,6 +127,18 @@ def main(args: list[str]) -> None:
 
 class MovieBackend:
     name = "movie"
+    scene = False
+
+    def version(self) -> str | None:
+        import imageio_ffmpeg
+
+        try:
+            return f"ffmpeg {imageio_ffmpeg.get_ffmpeg_version()}"
+        except (OSError, RuntimeError):
+            return None
+
+    def check_scene(self, jf: JobFile, scene_dir: Path) -> None:
+        pass  # never a job's type: see backends.for_job
 
     def check_frame(self, jf: JobFile, frame: Frame) -> None:
         self.expected_files(jf, frame, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .. import states
@@ -41,11 +42,21 @@ class Frames:
                    (new, reason, *cols.values(), job_id, frame_id))
         _event(db, now, job_id, frame_id, old, new, reason)
 
-    def next_queued(self, db, job_id: int | None) -> tuple[int, int, str] | None:
-        """The oldest queued frame of a live job (of ``job_id`` if given; otherwise jobs first in,
-        first served) whose dependencies are done: (job, frame, the job's state)."""
-        only = "AND j.id=?" if job_id is not None else ""
-        args = (states.QUEUED, states.QUEUED, states.RENDERING) + ((job_id,) if job_id is not None else ())
+    def next_queued(self, db, job_id: int | None, skip: Collection[int] = (),
+                    types: Collection[str] | None = None) -> tuple[int, int, str] | None:
+        """The oldest queued frame of a live job (of ``job_id`` if given, but none of its frames
+        in ``skip``; otherwise jobs first in, first served, of the ``types`` given) whose
+        dependencies are done: (job, frame, the job's state)."""
+        only, args = "", [states.QUEUED, states.QUEUED, states.RENDERING]
+        if job_id is not None:
+            only += " AND j.id=?"
+            args.append(job_id)
+            if skip:  # one parameter however many: a job may have 100,000 frames
+                only += " AND f.frame_id NOT IN (SELECT value FROM json_each(?))"
+                args.append(json.dumps(list(skip)))
+        if types is not None:
+            only += f" AND j.type IN ({','.join('?' * len(types))})"
+            args += list(types)
         row = db.execute(
             "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
             f" WHERE f.state=? AND j.state IN (?,?) {only}"
