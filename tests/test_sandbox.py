@@ -211,3 +211,20 @@ def test_sizes_parse(text, value):
 def test_bad_sizes_are_refused_clearly(text):
     with pytest.raises(DistrenError, match="--max-memory .*use a size such as 4G|at least 1 byte"):
         sandbox.parse_size(text, "--max-memory")
+
+
+def test_a_large_image_renders_within_small_limits(tmp_path):
+    """POV-Ray stores the image it renders in a file of 20 bytes a pixel: 80 MB at 2000x2000,
+    more than the sandbox's /tmp and the 16 MiB file limit here. The backend gives it room on
+    disk for the job's own size, so the limits bound the scene, not the resolution."""
+    from distren import jobfile
+    from distren.backends.povray import PovrayBackend
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.ini").write_text("Input_File_Name=big.pov\nOutput_File_Name=big.png\n")
+    (work / "big.pov").write_text("camera { location -4*z look_at 0 }\nsphere { 0, 1 pigment { rgb 1 } }\n")
+    jf = jobfile.JobFile("povray", 2000, 2000, (jobfile.Frame(0),), {"ini": "big.ini"})
+    limits = sandbox.Limits(file_bytes=16 * MiB, files=20, tmp=16 * MiB)
+    assert PovrayBackend().render(jf, jf.frames[0], work, tmp_path / "log", limits) == ["big.png"]
+    assert sorted(p.name for p in work.iterdir()) == ["big.ini", "big.png", "big.pov"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+import secrets
+import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from .. import names, povini, sandbox
@@ -22,6 +25,10 @@ NAME = "povray"
 POVRAY = "/usr/bin/povray"
 STILL_FRAME = 0  # a still image is a job of one frame, number 0
 MAX_SUMMARY = 600  # characters of POV-Ray's messages in a failure reason
+# POV-Ray keeps the image being rendered in a file under $TMPDIR (20 bytes a pixel) and its
+# render state beside the scene; with the image itself, 32 bytes a pixel is what a render of
+# the job's size writes of its own accord.
+STORE_BYTES_PER_PIXEL = 32
 
 
 def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
@@ -127,16 +134,31 @@ class PovrayBackend:
             argv += [f"+SC{x0 + 1}", f"+EC{x1}", f"+SR{y0 + 1}", f"+ER{y1}", f"+O{frame.settings['output']}", "+FN"]
         return argv + ["-D", "-P"]
 
+    @staticmethod
+    def limits_for(jf: JobFile, limits: sandbox.Limits) -> sandbox.Limits:
+        """The server's limits, with room on disk for POV-Ray's own image storage at the job's
+        size (the resolution is bounded by the job file), which is not the scene's doing."""
+        need = jf.width * jf.height * STORE_BYTES_PER_PIXEL + (64 << 20)
+        return replace(limits, file_bytes=max(limits.file_bytes, need))
+
     def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
                on_start=None, shared: dict[str, Path] | None = None) -> list[str]:
         workdir = Path(workdir)
         self.check_frame(jf, frame)  # again: on a peer, the origin's settings are untrusted too
         opts = read_ini(workdir, jf.settings.get("ini", ""))
+        limits = self.limits_for(jf, limits)
+        # Its image store goes to the working folder on disk, not the sandbox's small /tmp in memory.
+        store = workdir / f".distren-tmp-{secrets.token_hex(4)}"
+        store.mkdir()
         before = snapshot(workdir)
         argv = self.command(jf, frame, opts)
         with open(log, "ab") as logf:
             logf.write(f"==== distren: {' '.join(argv)}\n".encode())
-        out = sandbox.run(argv, workdir, limits, log, shared=shared, on_start=on_start)
+        try:
+            out = sandbox.run(["/usr/bin/env", f"TMPDIR={sandbox.WORKDIR}/{store.name}"] + argv, workdir, limits,
+                              log, shared=shared, on_start=on_start)
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
         with open(log, "ab") as logf:
             logf.write(f"==== distren: exit {out.returncode} after {out.elapsed:.2f} s\n".encode())
         if out.limit:
