@@ -138,7 +138,7 @@ class PovrayBackend:
     def limits_for(jf: JobFile, limits: sandbox.Limits) -> sandbox.Limits:
         """The server's limits, with room on disk for POV-Ray's own image storage at the job's
         size (the resolution is bounded by the job file), which is not the scene's doing."""
-        need = jf.width * jf.height * STORE_BYTES_PER_PIXEL + (64 << 20)
+        need = jf.width * jf.height * STORE_BYTES_PER_PIXEL
         return replace(limits, file_bytes=max(limits.file_bytes, need))
 
     def render(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: sandbox.Limits,
