@@ -25,7 +25,6 @@ from .service import Server
 
 log = logging.getLogger("distren.api")
 MAX_SIGNED_BODY = 1 << 20
-MAX_RESULT_BYTES = 2 * 1024**3
 
 
 class BodyLimit:
@@ -318,7 +317,8 @@ def create_app(server: Server) -> FastAPI:
         claimed = request.headers.get("X-Content-SHA256", "")
         sender = await run_in_threadpool(verify, request, claimed)
         await run_in_threadpool(fed.leased_to_or_done, sender, job_id, frame_id)
-        path, digest = await receive_file(request, "result", MAX_RESULT_BYTES, "the frame tarball")
+        path, digest = await receive_file(request, "result", server.settings.max_result_bytes,
+                                          "the frame tarball")
         try:
             if digest != claimed:
                 raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")

@@ -14,7 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -37,25 +37,42 @@ def _is_corrupt(e: BaseException) -> bool:
 class Limits:
     members: int = MAX_MEMBERS
     total_bytes: int = MAX_TOTAL_BYTES
+    #: If set, the only regular files allowed, each name with its largest size: a frame's
+    #: upload may carry just the files its backend makes, and no other frame's.
+    only: Mapping[str, int] | None = None
+
+
+MAX_NAME_BYTES = 255  # a component, as on every common file system
+MAX_PATH_BYTES = 1024  # a whole name: deep enough for any scene, short enough for any folder
 
 
 def safe_name(name: str, where: str = "bundle") -> str:
-    """Normalise a member name, refusing absolute paths and ``..``."""
+    """Normalise a member name (``.`` and empty components dropped), refusing absolute paths,
+    ``..``, control characters and names no file system takes. Returns "" for the bundle's
+    root folder itself (``.``, as ``tar -C dir .`` writes it)."""
+    shown = name if len(name) <= 120 else name[:120] + "..."
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BundleError(f"{where}: member {shown!r} has a control character in its name; refused")
     p = PurePosixPath(name)
     if p.is_absolute() or name.startswith("/") or "\\" in name:
-        raise BundleError(f"{where}: member {name!r} has an absolute path; bundles hold relative paths only")
+        raise BundleError(f"{where}: member {shown!r} has an absolute path; bundles hold relative paths only")
     parts = [x for x in p.parts if x not in ("", ".")]
     if ".." in parts:
-        raise BundleError(f"{where}: member {name!r} climbs out of the bundle with '..'; refused")
-    if not parts:
-        raise BundleError(f"{where}: member {name!r} has an empty name")
-    return "/".join(parts)
+        raise BundleError(f"{where}: member {shown!r} climbs out of the bundle with '..'; refused")
+    if any(len(x.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for x in parts):
+        raise BundleError(f"{where}: member {shown!r} has a name component longer than {MAX_NAME_BYTES} bytes; refused")
+    out = "/".join(parts)
+    if len(out.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise BundleError(f"{where}: member {shown!r} has a name longer than {MAX_PATH_BYTES} bytes; refused")
+    return out
 
 
 def write_tar(dest: Path, members: Iterable[tuple[str, Path | bytes]]) -> None:
     """Write a tarball atomically and deterministically (sorted names, zero times and owners), so
     that the same content always hashes the same."""
-    items = sorted(((safe_name(n, str(dest)), src) for n, src in members), key=lambda m: m[0])
+    items = sorted(((safe_name(n, "frame tarball"), src) for n, src in members), key=lambda m: m[0])
+    if any(not name for name, _ in items):
+        raise BundleError("frame tarball: a member has an empty name")
     with atomic_open(Path(dest)) as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, src in items:
@@ -89,6 +106,8 @@ def tree_members(root: Path, prefix: str = "") -> list[tuple[str, Path]]:
 
 
 def check_members(tar: tarfile.TarFile, where: str, limits: Limits) -> list[tarfile.TarInfo]:
+    """Every member checked, from its header alone (before its data is read or unpacked):
+    kind, name, count, sizes. The bundle's root folder (``.``) is left out."""
     members = []
     total = 0
     files: set[str] = set()
@@ -99,12 +118,23 @@ def check_members(tar: tarfile.TarFile, where: str, limits: Limits) -> list[tarf
         name = safe_name(m.name, where)
         if not (m.isfile() or m.isdir()):
             kind = "link" if (m.issym() or m.islnk()) else "special file"
-            raise BundleError(f"{where}: member {m.name!r} is a {kind}; bundles hold regular files only")
+            raise BundleError(f"{where}: member {name!r} is a {kind}; bundles hold regular files only")
+        if not name:
+            if m.isfile():
+                raise BundleError(f"{where}: member {m.name!r} is a file without a name; refused")
+            continue  # the root folder itself: `tar -C dir .` writes it first
         # A name given twice, or used both as a file and as a folder, would make what is read
         # (the first copy) differ from what is unpacked (the last), or fail half-way through.
         parents = ["/".join(name.split("/")[:i]) for i in range(1, name.count("/") + 1)]
         if name in files or (m.isfile() and name in dirs) or any(p in files for p in parents):
-            raise BundleError(f"{where}: member {m.name!r} appears twice or as both a file and a folder; refused")
+            raise BundleError(f"{where}: member {name!r} appears twice or as both a file and a folder; refused")
+        if m.isfile() and limits.only is not None:
+            if name not in limits.only:
+                raise BundleError(f"{where}: member {name!r} is not a file this frame makes "
+                                  f"(it makes {', '.join(sorted(limits.only))}); refused")
+            if m.size > limits.only[name]:
+                raise BundleError(f"{where}: {name} is {m.size} bytes; at most {limits.only[name]} are possible "
+                                  "for it; refused")
         (files if m.isfile() else dirs).add(name)
         dirs.update(parents)
         total += m.size
@@ -132,9 +162,9 @@ def _open(path: Path, where: str) -> tarfile.TarFile:
         raise BundleError(f"{where}: not a readable tarball ({e})") from None
 
 
-def list_members(path: Path, limits: Limits = Limits()) -> dict[str, int]:
-    """Validate a bundle and return {name: size} of its regular files."""
-    where = str(path)
+def list_members(path: Path, limits: Limits = Limits(), where: str = "bundle") -> dict[str, int]:
+    """Validate a bundle and return {name: size} of its regular files. ``where`` names the
+    bundle in messages (never its path here: answers show no server-side path)."""
     with _open(path, where) as tar:
         try:
             return {safe_name(m.name): m.size for m in check_members(tar, where, limits) if m.isfile()}
@@ -144,8 +174,7 @@ def list_members(path: Path, limits: Limits = Limits()) -> dict[str, int]:
             raise BundleError(f"{where}: corrupt tarball ({e})") from None
 
 
-def read_member(path: Path, name: str, max_bytes: int = 16 * 1024 * 1024) -> bytes:
-    where = str(path)
+def read_member(path: Path, name: str, max_bytes: int = 16 * 1024 * 1024, where: str = "bundle") -> bytes:
     with _open(path, where) as tar:
         try:
             for m in tar:
@@ -162,12 +191,13 @@ def read_member(path: Path, name: str, max_bytes: int = 16 * 1024 * 1024) -> byt
     raise BundleError(f"{where}: has no {name} at its root")
 
 
-def extract(path: Path, dest: Path, limits: Limits = Limits()) -> list[str]:
+def extract(path: Path, dest: Path, limits: Limits = Limits(), where: str = "bundle") -> list[str]:
     """Safely unpack ``path`` into the new folder ``dest``; return the regular files' names.
 
-    Everything is unpacked into a temporary sibling first and renamed into place, so a refused
-    bundle leaves ``dest`` absent."""
-    where = str(path)
+    Every header is checked first (:func:`check_members`); then only regular files and folders
+    are made, under their checked names, counting the bytes written against the limit as they
+    are written. Everything is unpacked into a temporary sibling first and renamed into place,
+    so a refused bundle leaves ``dest`` absent."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
@@ -175,7 +205,7 @@ def extract(path: Path, dest: Path, limits: Limits = Limits()) -> list[str]:
         with _open(path, where) as tar:
             try:
                 members = check_members(tar, where, limits)
-                tar.extractall(tmp, members=members, filter="data")
+                names = _unpack(tar, members, tmp, limits, where)
             except Exception as e:
                 if not _is_corrupt(e):
                     raise
@@ -184,4 +214,27 @@ def extract(path: Path, dest: Path, limits: Limits = Limits()) -> list[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return sorted(safe_name(m.name) for m in members if m.isfile())
+    return names
+
+
+def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root: Path, limits: Limits,
+            where: str) -> list[str]:
+    written = 0
+    names = []
+    for m in members:
+        name = safe_name(m.name, where)
+        target = root / name
+        if m.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src = tar.extractfile(m)
+        assert src is not None
+        with open(target, "xb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > limits.total_bytes:
+                    raise BundleError(f"{where}: unpacks to more than {limits.total_bytes} bytes; refused")
+                out.write(chunk)
+        names.append(name)
+    return sorted(names)

@@ -63,6 +63,8 @@ def serve(
     max_output: str = typer.Option("64M", "--max-output", help="Output a render may print (its log keeps the last 1 MiB)."),
     max_files: int = typer.Option(1000, "--max-files", min=1, help="Files a render may write."),
     max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes, and of all its files together."),
+    max_result_bytes: str = typer.Option("2G", "--max-result-bytes", help="What a peer's upload of one frame may "
+                                         "be and unpack to."),
     peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
                                             "(default: http://LISTEN)."),
@@ -99,7 +101,8 @@ def serve(
         backends.load_plugin(module)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
                              limits=limits, advertise=advertise, peers=peer,
-                             lease_timeout=lease_timeout))
+                             lease_timeout=lease_timeout,
+                             max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())
     err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s) "

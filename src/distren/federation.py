@@ -30,13 +30,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
-from . import backends, bundle, jobfile, states, urls
+from . import backends, bundle, images, jobfile, sandbox, states, urls
 from .errors import (BundleError, Conflict, DistrenError, Gone, NotFound, ServerUnreachable, SignatureError,
                      Unauthorized)
 from .identity import MAX_SKEW, Identity, parse_time, verify
-from .fsutil import sha256_file, sha256_stream
+from .fsutil import sha256_file
 from .transfer import Transport
 
 if TYPE_CHECKING:
@@ -47,9 +45,7 @@ log = logging.getLogger("distren.federation")
 SYNC_INTERVAL = 3.0
 IDLE_JOB_BACKOFF = 1.0
 DOWN_ORIGIN_BACKOFF = 3.0
-MAX_RESULT_BYTES = 2 * 1024**3
 MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
-IMAGE_SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg"}  # what Pillow can check
 
 
 def check_address(address: str) -> str:
@@ -559,49 +555,86 @@ class Federation:
 
     def accept_result(self, sender: str, job_id: int, frame_id: int, tar: Path) -> str:
         """Check an uploaded frame tarball and mark the frame done. Idempotent: a frame that is
-        already done stays exactly as it is."""
+        already done stays exactly as it is. What is kept is not the upload but a tarball written
+        here of exactly the files the frame makes, under their plain names."""
         row = self.store.frame(job_id, frame_id)
         if row.state == states.DONE:
             return "already done"
         self._own_job(job_id)  # a cancelled job takes no more results
         self._leased_to(sender, job_id, frame_id)
         jf, frames = self.server.jobfile(job_id)
-        files = self.check_frame_tar(jf, frames[frame_id], job_id, tar)
-        with self._result_lock:
-            row = self.store.frame(job_id, frame_id)
-            if row.state == states.DONE:
-                return "already done"
-            self._leased_to(sender, job_id, frame_id)
-            dest = self.store.frame_tar(job_id, frame_id)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tar, dest)
-            last = self.life.finish(job_id, frame_id, str(urls.ServerURL(sender)), files)
+        staged = tar.parent / f"{tar.name}.d"
+        try:
+            files = self.check_frame_tar(jf, frames[frame_id], job_id, tar, staged / "files")
+            kept = staged / "frame.tar"
+            bundle.write_tar(kept, [(f["name"], staged / "files" / f["name"]) for f in files])
+            with self._result_lock:
+                row = self.store.frame(job_id, frame_id)
+                if row.state == states.DONE:
+                    return "already done"
+                self._leased_to(sender, job_id, frame_id)
+                dest = self.store.frame_tar(job_id, frame_id)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(kept, dest)
+                last = self.life.finish(job_id, frame_id, str(urls.ServerURL(sender)), files)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
         if last:
             threading.Thread(target=self.server.rebundle, args=(job_id,), daemon=True).start()
         return "accepted"
 
-    def check_frame_tar(self, jf: jobfile.JobFile, frame: jobfile.Frame, job_id: int, tar: Path) -> list[dict]:
-        members = bundle.list_members(tar, bundle.Limits(members=1000, total_bytes=MAX_RESULT_BYTES))
+    def check_frame_tar(self, jf: jobfile.JobFile, frame: jobfile.Frame, job_id: int, tar: Path,
+                        unpack_to: Path) -> list[dict]:
+        """Unpack a peer's frame tarball into ``unpack_to`` and check it: exactly the files the
+        frame's backend makes (no other frame's, nothing else), none larger than it can be, all
+        of them within --max-result-bytes (by the headers before anything is written, and by
+        the bytes while writing), every image decoded whole in the sandbox. Returns the files."""
         backend = backends.get(frame.backend(jf.type))
         expected = backend.expected_files(jf, frame, self.store.scene_dir(job_id))
-        missing = [n for n in expected if n not in members]
+        limit = self.server.settings.max_result_bytes
+        only = {n: min(limit, largest_file(n, jf.width, jf.height, limit)) for n in expected}
+        names = bundle.extract(tar, unpack_to, bundle.Limits(members=1000, total_bytes=limit, only=only),
+                               where="frame tarball")
+        missing = [n for n in expected if n not in names]
         if missing:
-            raise BundleError(f"the frame's tarball lacks {', '.join(missing)}")
-        files = []
-        with tarfile.open(tar) as t:
-            for m in t:
-                if not m.isfile():
-                    continue
-                name = bundle.safe_name(m.name)
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    f = t.extractfile(m)
-                    try:
-                        with Image.open(f) as im:
-                            size = im.size
-                            im.verify()
-                    except Exception as e:
-                        raise BundleError(f"{name} in the frame's tarball is not a readable image ({e})") from None
-                    if size != (jf.width, jf.height):
-                        raise BundleError(f"{name} is {size[0]}x{size[1]}; the job renders {jf.width}x{jf.height}")
-                files.append({"name": name, "size": m.size, "sha256": sha256_stream(t.extractfile(m))})
-        return files
+            raise BundleError(f"frame tarball: lacks {', '.join(missing)}, which frame/{frame.id} makes")
+        self.check_images(unpack_to, [n for n in expected if Path(n).suffix.lower() in images.SUFFIXES],
+                          jf.width, jf.height)
+        return [{"name": n, "size": (unpack_to / n).stat().st_size, "sha256": sha256_file(unpack_to / n)}
+                for n in expected]
+
+    def check_images(self, folder: Path, names: list[str], width: int, height: int) -> None:
+        """Decode each image completely, in the sandbox (decoding is parsing hostile data), with
+        the files mounted read-only into an otherwise empty working folder."""
+        if not names:
+            return
+        work = folder.parent / f"{folder.name}.check"
+        log = folder.parent / f"{folder.name}.check.log"
+        work.mkdir()
+        for n in names:  # mount points for the read-only files
+            (work / n).parent.mkdir(parents=True, exist_ok=True)
+            (work / n).touch()
+        argv, binds = sandbox.python_command("distren.images", [str(width), str(height), *names])
+        limits = replace(self.server.settings.limits, wall=min(self.server.settings.limits.wall, 600.0))
+        out = sandbox.run(argv, work, limits, log, shared={n: folder / n for n in names}, binds=binds)
+        if out.ok:
+            return
+        said = [ln.removeprefix("distren-image-error: ") for ln in out.tail.splitlines()
+                if ln.startswith("distren-image-error: ")]
+        if said:
+            raise images.ImageError(f"frame tarball: {said[-1]}")
+        why = out.reason or f"exit {out.returncode}: {out.tail.strip()[-300:]}"
+        raise images.ImageError(f"frame tarball: its images could not be checked ({why})")
+
+
+IMAGE_BYTES_PER_PIXEL = 16  # EXR, float RGBA, uncompressed: the largest an image POV-Ray writes can be
+IMAGE_FORMATS = images.SUFFIXES | {".exr", ".hdr"}
+
+
+def largest_file(name: str, width: int, height: int, limit: int) -> int:
+    """The largest a file of a frame can be: an image of the job's size has a bound (so a
+    small compressed upload cannot unpack to gigabytes under an image's name); a movie has
+    only the server's --max-result-bytes."""
+    if Path(name).suffix.lower() in IMAGE_FORMATS:
+        return IMAGE_BYTES_PER_PIXEL * width * height + 8 * height + (1 << 20)
+    return limit

@@ -49,6 +49,7 @@ class Settings:
     advertise: str = "http://127.0.0.1:8311"  # the address peers reach this server at
     peers: list[str] = field(default_factory=list)
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    max_result_bytes: int = 2 * sandbox.GiB  # what a peer's frame upload may be and unpack to
 
 
 class Server:
@@ -414,6 +415,11 @@ class Server:
                 shared.pop(name, None)  # a dependency's file takes the place of a scene file
             backend = backends.get(frame.backend(jf.type))
             produced = backend.render(jf, frame, workdir, logpath, self.settings.limits, track, shared)
+            # Only the files the frame makes are kept, named as from the untouched scene (the
+            # render may have rewritten its own copy of the INI); whatever else the scene wrote
+            # is left behind with the working folder.
+            keep = set(backend.expected_files(jf, frame, scene_dir))
+            produced = [n for n in produced if n in keep]
             files = [{"name": n, "size": (workdir / n).stat().st_size, "sha256": sha256_file(workdir / n)}
                      for n in produced]
             bundle.write_tar(frame_tar, [(n, workdir / n) for n in produced])
@@ -529,7 +535,10 @@ class Server:
                         names = {x["name"] for x in kept[f.frame_id]}
                         with tarfile.open(self.store.frame_tar(job_id, f.frame_id)) as src:
                             for m in src:
-                                if m.isfile() and m.name in names:
+                                # Frame tarballs from before names were normalised may say ./NAME.
+                                name = bundle.safe_name(m.name) if m.isfile() else ""
+                                if name in names:
+                                    m.name = name
                                     out.addfile(m, src.extractfile(m))
             self.life.job_done(job_id)
         log.info("job %s done", self.job_url(job_id))
