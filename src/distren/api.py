@@ -14,17 +14,22 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
-from . import __version__, bundle, identity
+from . import __version__, bundle, identity, urls
 from .errors import BundleError, Conflict, DistrenError, Forbidden, TooLarge, Unauthorized
 from .service import Server
 
 log = logging.getLogger("distren.api")
 MAX_SIGNED_BODY = 1 << 20
+# Ids live in SQLite INTEGER columns: a larger number is a malformed request, not a lookup.
+Id = Annotated[int, PathParam(ge=0, le=urls.MAX_ID)]
+After = Annotated[int, Query(ge=0, le=urls.MAX_ID)]
 
 
 class BodyLimit:
@@ -72,6 +77,24 @@ def _streams(method: str, path: str) -> bool:
     return (method == "POST" and path == "/api/jobs") or (method == "PUT" and path.endswith("/result"))
 
 
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A request the framework could not read into a handler's parameters: 400 like every other
+    malformed request, in the one error shape, naming the part that is wrong."""
+    problems = []
+    for e in exc.errors()[:3]:
+        where = " ".join(str(x) for x in e.get("loc", ()))
+        got = repr(e.get("input"))[:60] if "input" in e and e.get("type") != "missing" else ""
+        problems.append(f"{where}: {e.get('msg', 'invalid')}" + (f" (got {got})" if got else ""))
+    return JSONResponse({"error": "malformed request: " + "; ".join(problems)}, status_code=400)
+
+
+def content_length(request: Request) -> int:
+    raw = request.headers.get("content-length") or "0"
+    if not raw.isdigit():
+        raise DistrenError("malformed request: Content-Length must be a number of bytes")
+    return int(raw)
+
+
 async def error_answer(request: Request, exc: DistrenError) -> JSONResponse:
     """The one way an error becomes an answer; :func:`distren.errors.from_status` reads it back."""
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
@@ -83,6 +106,7 @@ def create_app(server: Server) -> FastAPI:
     app.add_middleware(BodyLimit)
 
     app.add_exception_handler(DistrenError, error_answer)
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -145,7 +169,7 @@ def create_app(server: Server) -> FastAPI:
         return server.status(job_id)
 
     @app.get("/api/jobs/{job_id}/events")
-    def events(after: int = 0, job_id: int = Depends(owned)):
+    def events(after: After = 0, job_id: int = Depends(owned)):
         return [e.__dict__ for e in server.store.events(job_id, after)]
 
     @app.post("/api/jobs/{job_id}/cancel")
@@ -159,12 +183,12 @@ def create_app(server: Server) -> FastAPI:
         return {"deleted": str(server.job_url(job_id))}
 
     @app.post("/api/jobs/{job_id}/frames/{frame_id}/retry")
-    def retry(frame_id: int, job_id: int = Depends(owned), u=Depends(user)):
+    def retry(frame_id: Id, job_id: int = Depends(owned), u=Depends(user)):
         server.retry(job_id, frame_id, u[0])
         return server.status(job_id)
 
     @app.get("/api/jobs/{job_id}/frames/{frame_id}/log", response_class=PlainTextResponse)
-    def frame_log(frame_id: int, job_id: int = Depends(owned)):
+    def frame_log(frame_id: Id, job_id: int = Depends(owned)):
         return server.frame_log(job_id, frame_id)
 
     @app.get("/api/jobs/{job_id}/result")
@@ -203,7 +227,7 @@ def create_app(server: Server) -> FastAPI:
 
     async def signed(request: Request) -> tuple[str, bytes]:
         """The verified sender's name, and the (small) body it signed."""
-        if int(request.headers.get("content-length") or 0) > MAX_SIGNED_BODY:
+        if content_length(request) > MAX_SIGNED_BODY:
             raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
         body = b""
         async for chunk in request.stream():
@@ -242,7 +266,9 @@ def create_app(server: Server) -> FastAPI:
 
     def grant(request: Request):
         job_id = int(request.path_params["job_id"])
-        if int(request.headers.get("content-length") or 0):
+        if not 0 <= job_id <= urls.MAX_ID:
+            raise DistrenError(f"malformed request: job id {str(job_id)[:30]} is not an id (0 to {urls.MAX_ID})")
+        if content_length(request):
             raise DistrenError("a lease request has no body")
         nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
         sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
@@ -266,7 +292,7 @@ def create_app(server: Server) -> FastAPI:
     app.router.add_route("/fed/jobs/{job_id:int}/lease", lease, methods=["POST"])
 
     @app.get("/fed/jobs/{job_id}/bundle")
-    async def job_bundle(job_id: int, request: Request):
+    async def job_bundle(job_id: Id, request: Request):
         await signed(request)
 
         def bundle_of():
@@ -276,12 +302,12 @@ def create_app(server: Server) -> FastAPI:
         return await run_in_threadpool(bundle_of)
 
     @app.get("/fed/jobs/{job_id}/frames/{frame_id}")
-    async def fed_frame(job_id: int, frame_id: int, request: Request):
+    async def fed_frame(job_id: Id, frame_id: Id, request: Request):
         await signed(request)
         return await run_in_threadpool(fed.frame_state, job_id, frame_id)
 
     @app.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
-    async def fed_frame_files(job_id: int, frame_id: int, request: Request):
+    async def fed_frame_files(job_id: Id, frame_id: Id, request: Request):
         await signed(request)
 
         def files_of():
@@ -291,19 +317,19 @@ def create_app(server: Server) -> FastAPI:
         return await run_in_threadpool(files_of)
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
-    async def renew(job_id: int, frame_id: int, request: Request):
+    async def renew(job_id: Id, frame_id: Id, request: Request):
         sender, _ = await signed(request)
         expires = await run_in_threadpool(fed.renew, sender, job_id, frame_id)
         return JSONResponse({"expires": expires}, headers={"X-Distren-Now": f"{time.time():.3f}"})
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/log")
-    async def remote_log(job_id: int, frame_id: int, request: Request):
+    async def remote_log(job_id: Id, frame_id: Id, request: Request):
         sender, body = await signed(request)
         await run_in_threadpool(fed.accept_log, sender, job_id, frame_id, str(json_body(body).get("log", "")))
         return {"ok": True}
 
     @app.post("/fed/jobs/{job_id}/frames/{frame_id}/failed")
-    async def remote_failed(job_id: int, frame_id: int, request: Request):
+    async def remote_failed(job_id: Id, frame_id: Id, request: Request):
         sender, body = await signed(request)
         data = json_body(body)
         await run_in_threadpool(fed.accept_failure, sender, job_id, frame_id, str(data.get("reason", "")),
@@ -311,7 +337,7 @@ def create_app(server: Server) -> FastAPI:
         return {"ok": True}
 
     @app.put("/fed/jobs/{job_id}/frames/{frame_id}/result")
-    async def remote_result(job_id: int, frame_id: int, request: Request):
+    async def remote_result(job_id: Id, frame_id: Id, request: Request):
         # The signature covers the digest the sender claims: check it before taking any bytes,
         # then stream to disk while hashing and compare.
         claimed = request.headers.get("X-Content-SHA256", "")

@@ -44,6 +44,8 @@ def check_image(path: Path, width: int, height: int, name: str) -> None:
                 im.load()
     except ImageError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name} claims more pixels than any job has ({MAX_SIDE}x{MAX_SIDE} at most)") from None
     except Exception as e:  # Pillow says what is wrong in many ways: OSError, SyntaxError, ValueError...
         raise ImageError(f"{name} is not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
     finally:

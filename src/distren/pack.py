@@ -87,15 +87,21 @@ def prepare(source: Path, width: int | None = None, height: int | None = None,
     else:
         raise SceneError(f"{source}: expected a .ini, a .pov or a folder")
 
-    ids = opts.frame_range() or [povray.STILL_FRAME]
+    bounds = opts.frame_bounds()
     if frames and opts.animated:
         a, b = parse_frames(frames)
-        kept = [i for i in ids if a <= i <= b]
-        if not kept:
-            raise SceneError(f"--frames {frames}: {source.name} animates frames {ids[0]}-{ids[-1]}; pick frames in that range")
-        ids = kept
+        if bounds is None or max(a, bounds[0]) > min(b, bounds[1]):
+            shown = f"frames {bounds[0]}-{bounds[1]}" if bounds else "no frames"
+            raise SceneError(f"--frames {frames}: {source.name} animates {shown}; pick frames in that range")
+        bounds = max(a, bounds[0]), min(b, bounds[1])
     elif frames and not opts.animated:
         raise SceneError(f"--frames {frames}: {source.name} renders a still image, not an animation")
+    if bounds is not None and bounds[1] - bounds[0] + 1 > jobfile.MAX_FRAMES:
+        raise SceneError(
+            f"{source.name} animates {bounds[1] - bounds[0] + 1} frames ({bounds[0]}-{bounds[1]}); a job holds at "
+            f"most {jobfile.MAX_FRAMES}: pack a part of it with --frames A-B"
+        )
+    ids = list(range(bounds[0], bounds[1] + 1)) if bounds else [povray.STILL_FRAME]
     if any(i < 0 for i in ids):
         raise SceneError(f"{source.name}: distren frame numbers must not be negative (Initial_Frame={ids[0]})")
 
@@ -173,7 +179,9 @@ def scene_members(packed: Packed) -> list[tuple[str, Path | bytes]]:
     outputs = set()
     if opts is not None:
         outputs = {opts.output_name(f.id if opts.animated else None) for f in packed.jobfile.frames}
-        outputs |= {opts.output_name(i) for i in opts.frame_range()}
+        bounds = opts.frame_bounds()
+        if bounds and bounds[1] - bounds[0] < jobfile.MAX_FRAMES:  # a part of a vast animation: its own frames only
+            outputs |= {opts.output_name(i) for i in range(bounds[0], bounds[1] + 1)}
     members: list[tuple[str, Path | bytes]] = []
     total = 0
     for name, path in bundle.tree_members(packed.scene_dir):

@@ -87,16 +87,31 @@ class IniOptions:
         # Measured with POV-Ray 3.7: setting either frame bound numbers the output file.
         return self.initial_frame is not None or self.final_frame is not None
 
-    def frame_range(self) -> list[int]:
-        """The frames ``povray THIS.ini`` renders (subset applied); [] for a still image."""
+    def animation_bounds(self) -> tuple[int, int] | None:
+        """Initial_Frame and Final_Frame as POV-Ray takes them (None for a still): the frames
+        that exist at all. distren's +SF/+EF override the subset, never these."""
         if not self.animated:
-            return []
+            return None
         first = 1 if self.initial_frame is None else self.initial_frame
         last = 1 if self.final_frame is None else self.final_frame
-        last = max(first, last)
+        return first, max(first, last)
+
+    def frame_bounds(self) -> tuple[int, int] | None:
+        """First and last of the frames ``povray THIS.ini`` renders (subset applied), without
+        listing them (an INI may say Final_Frame=1000000000); None for a still, and for an
+        animation whose subset leaves no frame."""
+        bounds = self.animation_bounds()
+        if bounds is None:
+            return None
+        first, last = bounds
         lo = first if self.subset_start is None else max(first, self.subset_start)
         hi = last if self.subset_end is None else min(last, self.subset_end)
-        return list(range(lo, hi + 1))
+        return (lo, hi) if lo <= hi else None
+
+    def frame_range(self) -> list[int]:
+        """The frames ``povray THIS.ini`` renders (subset applied); [] for a still."""
+        bounds = self.frame_bounds()
+        return list(range(bounds[0], bounds[1] + 1)) if bounds else []
 
     def output_name(self, frame: int | None) -> str:
         """The file POV-Ray writes for ``frame`` (None for a still): the output or input stem,

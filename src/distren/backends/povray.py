@@ -40,19 +40,31 @@ def read_ini(scene_dir: Path, ini_name: str) -> povini.IniOptions:
     if not path.is_file():
         raise JobFileError(f"distrenjob.xml: <povray ini={ini_name!r}>: the bundle has no scene/{ini_name}")
     opts = povini.parse(path.read_text(errors="replace"), ini_name)
-    seen = {ini_name}
-    queue = list(opts.include_ini)
-    while queue:
-        inc = queue.pop(0)
-        if inc in seen or len(seen) > 32:
-            continue
-        seen.add(inc)
-        inc_path = Path(scene_dir) / inc
-        if inc_path.is_file() and inc_path.resolve().is_relative_to(Path(scene_dir).resolve()):
-            before = len(opts.include_ini)
-            povini.parse(inc_path.read_text(errors="replace"), inc, opts)
-            queue.extend(opts.include_ini[before:])
+    _read_includes(Path(scene_dir), [ini_name], opts, 0, {ini_name})
     return opts
+
+
+MAX_INCLUDED_INIS = 32
+
+
+def _read_includes(scene_dir: Path, chain: list[str], opts: povini.IniOptions, start: int, seen: set[str]) -> None:
+    """Depth first, as POV-Ray reads them, the INI files that the last of ``chain`` includes
+    (``opts.include_ini[start:]``). An INI that includes itself, directly or through others,
+    makes POV-Ray recurse until it crashes (status 139): it is refused, naming the cycle."""
+    for inc in opts.include_ini[start:]:
+        key = os.path.normpath(inc)
+        if key in chain:
+            cycle = " -> ".join(chain[chain.index(key):] + [key])
+            raise JobFileError(f"scene/{chain[0]}: its INI files include each other in a cycle ({cycle}); "
+                               "POV-Ray would crash on it: remove the Include_INI that closes the cycle")
+        if key in seen or len(seen) > MAX_INCLUDED_INIS:
+            continue
+        seen.add(key)
+        inc_path = scene_dir / key
+        if inc_path.is_file() and inc_path.resolve().is_relative_to(scene_dir.resolve()):
+            before = len(opts.include_ini)
+            povini.parse(inc_path.read_text(errors="replace"), key, opts)
+            _read_includes(scene_dir, chain + [key], opts, before, seen)
 
 
 def parse_region(text: str, width: int, height: int, field: str = "region") -> tuple[int, int, int, int]:
@@ -92,7 +104,8 @@ class PovrayBackend:
 
     def check_scene(self, jf: JobFile, scene_dir: Path) -> None:
         """Refuse at submit what can never render: no INI, an INI that does not parse, frames
-        outside the animation."""
+        outside the animation, INI files that include each other in a cycle, an image sent to
+        standard output."""
         ini = jf.settings.get("ini")
         if not ini:
             raise JobFileError('distrenjob.xml: <povray> needs an ini="NAME.ini" attribute naming the scene\'s INI')
@@ -106,6 +119,24 @@ class PovrayBackend:
                 )
         for f in own:
             self.check_frame(jf, f)
+        bounds = opts.animation_bounds()
+        if bounds:
+            outside = [f.id for f in own if not f.settings.get("region") and not bounds[0] <= f.id <= bounds[1]]
+            if outside:
+                more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+                raise JobFileError(
+                    f"distrenjob.xml: frame/{outside[0]}{more} is outside the animation of scene/{ini}, frames "
+                    f"{bounds[0]}-{bounds[1]} (its Initial_Frame to Final_Frame); POV-Ray cannot render it"
+                )
+        if opts.output is not None and (opts.output == "-" or opts.output.startswith("-")):
+            raise JobFileError(f"scene/{ini}: Output_File_Name={opts.output!r} sends the image to standard output; "
+                               "distren keeps the image file POV-Ray writes: name a file, or remove the option")
+        if any(not f.settings.get("output") for f in own):
+            name = opts.output_name(bounds[0] if bounds else None)
+            parts = PurePosixPath(name).parts
+            if name.startswith("/") or ".." in parts or any(ord(c) < 32 for c in name):
+                raise JobFileError(f"scene/{ini}: Output_File_Name={opts.output!r} makes POV-Ray write {name!r}; "
+                                   "it must be a relative file name inside the scene's folder, such as frames/anim.png")
 
     def check_frame(self, jf: JobFile, frame: Frame) -> None:
         """A tile's region and output reach POV-Ray's command line: both must be plain."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import states
 from ..errors import NotFound
-from .jobs import _event
+from .jobs import _event, reason_text
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Frames:
         if "files" in cols:
             cols["files"] = json.dumps(cols["files"], sort_keys=True)
         sets = "".join(f", {k}=?" for k in cols)
+        reason = reason_text(reason)
         db.execute(f"UPDATE frames SET state=?, reason=?{sets} WHERE job_id=? AND frame_id=?",
                    (new, reason, *cols.values(), job_id, frame_id))
         _event(db, now, job_id, frame_id, old, new, reason)

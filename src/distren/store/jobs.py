@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ class Jobs:
         return row[0]
 
     def set_job(self, db, job_id: int, old: str, new: str, reason: str, now: float) -> None:
+        reason = reason_text(reason)
         db.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE id=?", (new, reason, now, job_id))
         _event(db, now, job_id, None, old, new, reason)
 
@@ -133,7 +135,22 @@ def _job_for_upload_key(db, submitter: str, key: str) -> int | None:
     return row[0] if row else None
 
 
+MAX_REASON = 2000  # characters of a stored reason
+
+
+def reason_text(reason: str) -> str:
+    """A reason as it is stored and shown: one line of text. Reasons quote renderers, peers and
+    scenes (a scene may print binary data, a peer may send anything), so control and format
+    characters and undecodable bytes become spaces, runs of spaces one, and the length is
+    bounded. Every stored reason passes here."""
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") or c == "\ufffd" else c
+                   for c in str(reason)[: 4 * MAX_REASON])
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
 def _event(db, now: float, job_id: int, frame_id: int | None, old: str, new: str, reason: str) -> None:
+    reason = reason_text(reason)
     db.execute("INSERT INTO events(at, job_id, frame_id, old, new, reason) VALUES(?,?,?,?,?,?)",
                (now, job_id, frame_id, old, new, reason))
 
