@@ -179,6 +179,26 @@ def test_a_tar_of_a_folder_made_with_dot_unpacks(box):
     assert bundle.read_member(path, "distrenjob.xml") == b"<x/>"
 
 
+def test_a_vast_extended_header_is_refused_without_reading_it(box):
+    """A PAX header claiming 1.6 GB, gzip-compressed to about 1.5 MiB: tarfile would read it whole
+    into memory; it is refused from its size."""
+    import gzip
+    import resource
+
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = 1_600_000_000
+    block = gzip.compress(b"\0" * (16 << 20), 9)
+    path = box / "in" / "b.tgz"
+    path.write_bytes(gzip.compress(info.tobuf(tarfile.USTAR_FORMAT), 9) + block * 96)
+    assert path.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    msg = assert_refused(box, path, "extended header of 1600000000 bytes")
+    assert "bundle: " in msg
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200_000, f"the process grew by {grown_kib} KiB"
+
+
 def test_write_tar_replaces_atomically(tmp_path):
     dest = tmp_path / "b.tar"
     bundle.write_tar(dest, [("a", b"1")])

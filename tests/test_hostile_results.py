@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import struct
 import subprocess
 import sys
@@ -283,6 +284,25 @@ def test_genuine_uploads_finish_the_job_and_result_tar_holds_exactly_them(site, 
         got = {m.name: t.extractfile(m).read() for m in t if m.isfile()}
     assert sorted(got) == ["distrenjob.xml", "textured1.png", "textured2.png"]
     assert got["textured1.png"] == one and got["textured2.png"] == two
+
+
+def test_a_peers_failure_reason_is_stored_as_one_bounded_line(site):
+    origin, peer, _, base = site
+    r = api(origin, "POST", "/api/jobs", content=(base / "t.tar").read_bytes())
+    job = r.json()["id"]
+    frame = peer.lease(job)
+    junk = "POV-Ray said:\x00\x1b[31m\x07 bad\r\nthing\u202e\ufffd\ufffd " + "\x01x" * 6000
+    body = json.dumps({"reason": junk, "log": "a log"}).encode()
+    r = peer.call("POST", f"/fed/jobs/{job}/frames/{frame}/failed", body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    st = api(origin, "GET", f"/api/jobs/{job}").json()
+    reasons = [f["reason"] for f in st["frames"] if f["id"] == frame]
+    reasons += [e["reason"] for e in api(origin, "GET", f"/api/jobs/{job}/events").json()]
+    assert any("POV-Ray said: [31m bad thing x x" in r for r in reasons), reasons
+    for reason in reasons:
+        assert len(reason) <= 2000
+        assert all(c.isprintable() for c in reason), repr(reason)
+    assert origin.proc.poll() is None
 
 
 # --- images: decoded whole, up to the job's largest size, in the sandbox ----------------------------

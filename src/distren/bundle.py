@@ -155,9 +155,32 @@ def _check_end(tar: tarfile.TarFile, where: str) -> None:
             raise BundleError(f"{where}: data after the end of the archive (a damaged header?); refused")
 
 
+MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header: names of 1024 bytes need far less
+
+
+class _CheckedInfo(tarfile.TarInfo):
+    """tarfile reads a PAX or GNU long-name header's data whole into memory, as long as its
+    header says: a small gzip upload could make it allocate gigabytes. Refuse large ones."""
+
+    def _proc_pax(self, tarfile_):
+        _header_size(self)
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_):
+        _header_size(self)
+        return super()._proc_gnulong(tarfile_)
+
+
+def _header_size(info: tarfile.TarInfo) -> None:
+    if info.size > MAX_HEADER_BYTES:
+        # SubsequentHeaderError: tarfile turns it into a ReadError wherever it occurs, rather
+        # than taking it for the end of the archive.
+        raise tarfile.SubsequentHeaderError(f"an extended header of {info.size} bytes (at most {MAX_HEADER_BYTES})")
+
+
 def _open(path: Path, where: str) -> tarfile.TarFile:
     try:
-        return tarfile.open(path, mode="r:*")
+        return tarfile.open(path, mode="r:*", tarinfo=_CheckedInfo)
     except (*_CORRUPT, OSError) as e:  # a damaged gzip header raises EOFError here
         raise BundleError(f"{where}: not a readable tarball ({e})") from None
 

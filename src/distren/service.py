@@ -496,7 +496,8 @@ class Server:
     def _frame_failed(self, job_id: int, frame_id: int, err: Exception) -> None:
         if not isinstance(err, DistrenError):
             log.exception("frame %s of job %s: unexpected error", frame_id, job_id)
-        msg = str(err) if isinstance(err, DistrenError) else f"internal error: {type(err).__name__}: {err}"
+        # An unexpected error's words may hold this server's paths: they go to its log, not the reason.
+        msg = str(err) if isinstance(err, DistrenError) else f"internal error ({type(err).__name__}); see the server's log"
         try:
             if self._stop.is_set():  # killed by the shutdown, not by the frame
                 self.life.release(job_id, frame_id, str(self.url), f"{self.url} shut down while rendering")
