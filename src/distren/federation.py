@@ -608,6 +608,7 @@ class Federation:
         the files mounted read-only into an otherwise empty working folder."""
         if not names:
             return
+        sandbox.check()  # an origin with --slots 0 may have none: then it takes no images (503)
         work = folder.parent / f"{folder.name}.check"
         log = folder.parent / f"{folder.name}.check.log"
         work.mkdir()
