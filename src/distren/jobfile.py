@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from . import urls
+from . import names, urls
 from .errors import InvalidURL, JobFileError
 
 FILENAME = "distrenjob.xml"
@@ -292,9 +292,7 @@ def loads(data: bytes | str) -> JobFile:
         seen.add(rel)
         files = []
         for fe in fel.findall("file"):
-            fn = fe.get("name", "")
-            if not fn or fn.startswith("/") or ".." in fn.split("/"):
-                raise JobFileError(f"{FILENAME}: {where} has a <file> with an unsafe name {fn!r}")
+            fn = names.relative(fe.get("name", ""), f"{where} <file> name")
             sha = fe.get("sha256", "")
             if not _SHA_RE.fullmatch(sha):
                 raise JobFileError(f"{FILENAME}: {where} <file name={fn!r}> needs a sha256 of 64 hex digits")

@@ -5,7 +5,8 @@ the stitcher or POV-Ray, programs that read ``file:`` and ``http:`` URLs, take a
 with ``-`` or ``+`` as an option, and resolve ``..``. So such a name must be plain: relative,
 inside the frame's folder, made of letters, digits and ``_ . - + = , # ~ ( )`` in components that
 start with a letter, digit or ``_``. Every check of such a name is :func:`plain`, which says
-which field is wrong and why.
+which field is wrong and why; names of files a renderer produced, which no program is given,
+are checked by the looser :func:`relative`.
 """
 
 from __future__ import annotations
@@ -23,13 +24,24 @@ _NUMBER = re.compile(r"\d{1,9}(?:\.\d{1,6})?")
 _REGION = re.compile(r"\d{1,5},\d{1,5},\d{1,5},\d{1,5}")
 
 
-def _problem(value: str) -> str | None:
+def _relative_problem(value: str) -> str | None:
     if not value:
         return "is empty"
     if len(value.encode("utf-8", "surrogatepass")) > MAX_PATH:
         return f"is longer than {MAX_PATH} bytes"
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in value):
         return "holds a control character"
+    if value.startswith("/"):
+        return "is an absolute path"
+    if ".." in value.split("/"):
+        return "goes up with '..'"
+    return None
+
+
+def _problem(value: str) -> str | None:
+    problem = _relative_problem(value)
+    if problem:
+        return problem
     if _SCHEME.match(value):
         return "is a URL (file:, http: and other schemes are not allowed)"
     if any(q in value for q in "'\"`"):
@@ -61,6 +73,16 @@ def plain(value: str, field: str) -> str:
     if problem:
         raise JobFileError(f"distrenjob.xml: {field}={value!r} {problem}; it must be a plain relative "
                            "file name inside the frame's folder, such as frames/anim01.png")
+    return value
+
+
+def relative(value: str, field: str) -> str:
+    """A file name a renderer produced (POV-Ray names its images after the INI, spaces and
+    all), which no program is given: relative, inside the job, no control characters."""
+    problem = _relative_problem(value)
+    if problem:
+        raise JobFileError(f"distrenjob.xml: {field}={value!r} {problem}; it must be a relative file name "
+                           "inside the job")
     return value
 
 
