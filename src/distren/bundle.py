@@ -182,7 +182,7 @@ def _open(path: Path, where: str) -> tarfile.TarFile:
     try:
         return tarfile.open(path, mode="r:*", tarinfo=_CheckedInfo)
     except (*_CORRUPT, OSError) as e:  # a damaged gzip header raises EOFError here
-        raise BundleError(f"{where}: not a readable tarball ({e})") from None
+        raise BundleError(f"{where}: not a readable tarball ({' '.join(str(e).split())})") from None
 
 
 def list_members(path: Path, limits: Limits = Limits(), where: str = "bundle") -> dict[str, int]:
