@@ -93,6 +93,7 @@ class Site:
         for frag in fragments:
             assert frag in msg, f"{frag!r} not in {msg!r}"
         assert str(self.server.data) not in msg and "/incoming/" not in msg and "/tmp/" not in msg
+        assert "\n" not in msg, "a refusal is one line"
         assert self.jobs() == before, "a refused request changed the job list"
         self.alive()
         return msg

@@ -167,6 +167,7 @@ def check_refused(site, frame: int, data: bytes, *fragments: str, claimed: str |
     for frag in fragments:
         assert frag in msg, f"{frag!r} not in {msg!r}"
     assert str(origin.data) not in msg and "/incoming/" not in msg
+    assert "\n" not in msg, "a refusal is one line"
     assert origin.proc.poll() is None, "the origin died"
     assert api(origin, "GET", "/api/server").status_code == 200
     assert state(origin, job) == before, "a refused upload changed the job"
