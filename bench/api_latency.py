@@ -27,7 +27,7 @@ from PIL import Image
 
 from distren import bundle, povini
 from distren.errors import DistrenError
-from distren.federation import _hello_text
+from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 from distren.pack import pack
 from distren.transfer import Transport

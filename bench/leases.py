@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 from nacl.signing import SigningKey
 
-from distren.federation import _hello_text
+from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 from distren.pack import pack
 

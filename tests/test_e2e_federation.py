@@ -126,7 +126,7 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
 
     def hello(ident):
         ts = f"{_t.time():.3f}"
-        from distren.federation import _hello_text
+        from distren.peering import hello_text as _hello_text
         return {"name": ident.name, "address": "http://127.0.0.1:9", "key": ident.public, "time": ts,
                 "signature": ident.sign(_hello_text(ident.name, "http://127.0.0.1:9", ident.public, ts))}
 

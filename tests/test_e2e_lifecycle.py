@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import SCENES, last_line
-from distren.federation import _hello_text
+from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e

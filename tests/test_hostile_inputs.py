@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from conftest import SCENES, ServerProc, free_port
-from distren.federation import _hello_text
+from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,8 @@ from PIL import Image
 
 from conftest import SCENES, ServerProc, free_port
 from distren import images, sandbox
-from distren.federation import _hello_text, largest_file
+from distren.peering import hello_text as _hello_text
+from distren.uploads import largest_file
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e

@@ -91,11 +91,11 @@ def test_federation_in_process(tmp_path, textured_bundle):
         return httpx.Response(resp.status_code, headers=resp.headers, content=resp.content)
 
     for server in (a, b):
-        server.federation.transport.http = httpx.Client(transport=httpx.MockTransport(network))
+        server.transport.http = httpx.Client(transport=httpx.MockTransport(network))
     a.start()
     b.start()
     try:
-        assert b.add_peer("http://a.test:80") == "a"
+        assert b.peering.add("http://a.test:80") == "a"
         r = a_http.post("/api/jobs", content=textured_bundle.read_bytes(), headers=auth(a))
         job = r.json()["id"]
         st = wait_until(lambda: (s := a_http.get(f"/api/jobs/{job}", headers=auth(a)).json())["state"] == "done"

@@ -3,7 +3,7 @@
 A header and its checksums say nothing of the pixels: a PNG whose compressed data is garbage
 passes both. So every image is decoded completely, which is parsing hostile data with a large
 C library; the origin runs this module in the sandbox (``python -m distren.images W H FILE...``,
-see :func:`distren.federation.Federation.check_images`).
+see :func:`distren.uploads.check_images`).
 
 Pillow refuses images above about 179 Mpx as decompression bombs. A job may be up to
 MAX_SIDE x MAX_SIDE, and the size is checked from the header before any pixel is decoded, so

@@ -12,6 +12,9 @@ Every run is also bounded (:class:`Limits`): memory and processes and file size 
 applied inside the sandbox (cgroups are not dependable everywhere), wall time, printed output
 and the number of files written by the watching side here. The output is streamed into the log,
 which keeps only a bounded tail; it is never held whole in memory.
+
+One concern, a little over 400 lines: the bubblewrap command, the limits and the watch that
+enforces them and names the limit a run hit need each other's details.
 """
 
 from __future__ import annotations

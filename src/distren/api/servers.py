@@ -1,0 +1,154 @@
+"""``/fed``: what servers ask of each other (docs/protocol.md). Every request but the hello is
+signed by its sender's key, which this server pinned at the sender's hello; the signature
+covers the method, the path with its query, a digest of the body, a time and a nonce.
+
+Handlers that touch SQLite or files run in the thread pool, never on the event loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from .. import identity, urls
+from ..errors import BundleError, DistrenError
+from .common import MAX_SIGNED_BODY, Id, content_length, receive_file
+
+if TYPE_CHECKING:
+    from ..service import Server
+
+
+def router(server: Server) -> APIRouter:
+    api = APIRouter()
+    peering, origin = server.peering, server.origin
+
+    def path_of(request: Request) -> str:
+        q = request.url.query
+        return request.url.path + (f"?{q}" if q else "")
+
+    def verify(request: Request, digest: str, seen_nonce=server.store.seen_nonce) -> str:
+        return identity.verify_request(request.headers, request.method, path_of(request), digest,
+                                       server.store.peer_key, seen_nonce, me=server.url.name)
+
+    async def signed(request: Request) -> tuple[str, bytes]:
+        """The verified sender's name, and the (small) body it signed."""
+        if content_length(request) > MAX_SIGNED_BODY:
+            raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_SIGNED_BODY:
+                raise DistrenError(f"request body larger than {MAX_SIGNED_BODY} bytes")
+        return await run_in_threadpool(verify, request, hashlib.sha256(body).hexdigest()), body
+
+    def json_body(body: bytes) -> dict:
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise DistrenError("the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise DistrenError("the request body must be a JSON object")
+        return data
+
+    @api.post("/fed/hello")
+    async def hello(body: dict):
+        return await run_in_threadpool(peering.accept_hello, body)
+
+    @api.post("/fed/announce")
+    async def announce(request: Request):
+        sender, body = await signed(request)
+        news = await run_in_threadpool(peering.receive, sender, json_body(body))
+        return {"news": news}
+
+    @api.get("/fed/state")
+    async def fed_state(request: Request):
+        sender, _ = await signed(request)
+        return await run_in_threadpool(peering.state, sender)
+
+    def grant(request: Request):
+        job_id = int(request.path_params["job_id"])
+        if not 0 <= job_id <= urls.MAX_ID:
+            raise DistrenError(f"malformed request: job id {str(job_id)[:30]} is not an id (0 to {urls.MAX_ID})")
+        if content_length(request):
+            raise DistrenError("a lease request has no body")
+        nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
+        sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
+        can = request.query_params.get("can")
+        return origin.grant_lease(sender, job_id, nonces[0], None if can is None else set(can.split(",")))
+
+    async def lease(request: Request):
+        # The busiest call a server answers (every idle slot of every peer asks), so it is a
+        # plain Starlette route: no FastAPI parameter machinery between the socket and the work.
+        try:
+            granted = await run_in_threadpool(grant, request)
+        except DistrenError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        if granted is None:
+            return Response(status_code=204)
+        xml, sha, expires = granted
+        return Response(xml, media_type="application/xml",
+                        headers={"X-Distren-Bundle-SHA256": sha, "X-Distren-Lease-Expires": f"{expires:.3f}",
+                                 "X-Distren-Now": f"{time.time():.3f}"})
+
+    api.add_route("/fed/jobs/{job_id:int}/lease", lease, methods=["POST"])
+
+    @api.get("/fed/jobs/{job_id}/bundle")
+    async def job_bundle(job_id: Id, request: Request):
+        await signed(request)
+        path, sha = await run_in_threadpool(origin.bundle, job_id)
+        return FileResponse(path, media_type="application/x-tar", headers={"X-Content-SHA256": sha})
+
+    @api.get("/fed/jobs/{job_id}/frames/{frame_id}")
+    async def fed_frame(job_id: Id, frame_id: Id, request: Request):
+        await signed(request)
+        return await run_in_threadpool(origin.frame_state, job_id, frame_id)
+
+    @api.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
+    async def fed_frame_files(job_id: Id, frame_id: Id, request: Request):
+        await signed(request)
+        path = await run_in_threadpool(origin.frame_files, job_id, frame_id)
+        return FileResponse(path, media_type="application/x-tar")
+
+    @api.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
+    async def renew(job_id: Id, frame_id: Id, request: Request):
+        sender, _ = await signed(request)
+        expires = await run_in_threadpool(origin.renew, sender, job_id, frame_id)
+        return JSONResponse({"expires": expires}, headers={"X-Distren-Now": f"{time.time():.3f}"})
+
+    @api.post("/fed/jobs/{job_id}/frames/{frame_id}/log")
+    async def remote_log(job_id: Id, frame_id: Id, request: Request):
+        sender, body = await signed(request)
+        await run_in_threadpool(origin.accept_log, sender, job_id, frame_id, str(json_body(body).get("log", "")))
+        return {"ok": True}
+
+    @api.post("/fed/jobs/{job_id}/frames/{frame_id}/failed")
+    async def remote_failed(job_id: Id, frame_id: Id, request: Request):
+        sender, body = await signed(request)
+        data = json_body(body)
+        await run_in_threadpool(origin.accept_failure, sender, job_id, frame_id, str(data.get("reason", "")),
+                                str(data.get("log", "")))
+        return {"ok": True}
+
+    @api.put("/fed/jobs/{job_id}/frames/{frame_id}/result")
+    async def remote_result(job_id: Id, frame_id: Id, request: Request):
+        # The signature covers the digest the sender claims: check it before taking any bytes,
+        # then stream to disk while hashing and compare.
+        claimed = request.headers.get("X-Content-SHA256", "")
+        sender = await run_in_threadpool(verify, request, claimed)
+        await run_in_threadpool(origin.leased_to_or_done, sender, job_id, frame_id)
+        path, digest = await receive_file(request, server.store.staging_dir(), "result",
+                                          server.settings.max_result_bytes, "the frame tarball")
+        try:
+            if digest != claimed:
+                raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
+            outcome = await run_in_threadpool(origin.accept_result, sender, job_id, frame_id, path)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"result": outcome}
+
+    return api

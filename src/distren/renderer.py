@@ -1,0 +1,268 @@
+"""The renderer's side of a lease: rendering frames of other servers' jobs.
+
+A renderer with an idle slot asks an origin that announced work for a frame (:meth:`lease_from`).
+The origin answers with a distrenjob.xml holding that frame, naming the renderer as its server.
+The renderer fetches the job's bundle once per content hash, renews the lease while it renders,
+then sends the frame's log and tarball (or reports the failure). It also asks other servers how
+the frames its own jobs depend on are, and fetches their files once they are done.
+
+The origin's side is :mod:`distren.origin`; the protocol is in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import backends, bundle, jobfile, states, urls
+from .errors import Conflict, DistrenError, Gone, NotFound, ServerUnreachable, Unauthorized
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+    from .store import Store
+    from .transfer import Transport
+
+log = logging.getLogger("distren.renderer")
+
+IDLE_JOB_BACKOFF = 1.0
+DOWN_ORIGIN_BACKOFF = 3.0
+MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
+
+
+def _tail(text: str, limit: int = MAX_LOG_BYTES) -> str:
+    """The end of a log, at most ``limit`` bytes of UTF-8."""
+    return text.encode()[-limit:].decode(errors="ignore")
+
+
+@dataclass
+class RemoteWork:
+    """A frame leased from another server."""
+
+    origin: str
+    address: str
+    job: urls.JobURL
+    jf: jobfile.JobFile
+    bundle_sha256: str
+    expires: float  # on this server's clock
+    scene_dir: Path | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def frame(self) -> jobfile.Frame:
+        return self.jf.frames[0]
+
+    @property
+    def path(self) -> str:
+        return f"/fed/jobs/{self.job.job_id}/frames/{self.frame.id}"
+
+
+class Renderer:
+    def __init__(self, name: str, store: Store, life: Lifecycle, transport: Transport, cache: Path,
+                 known_address: Callable[[str], str | None], introduce: Callable[[str], str],
+                 wake: Callable[[], None]):
+        """``known_address``: where a peer says it is now; ``introduce``: say hello to an
+        address (an origin that does not know us yet); ``wake``: a dependency is done."""
+        self.name = name
+        self.store = store
+        self.life = life
+        self.transport = transport
+        self.known_address = known_address
+        self.introduce = introduce
+        self.wake = wake
+        self._cache = cache
+        self._cache_locks: dict[str, threading.Lock] = {}
+        self._backoff: dict[str, float] = {}
+        self._backoff_lock = threading.Lock()
+
+    # --- asking for a lease ----------------------------------------------------------------
+
+    def origins_with_work(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for ann in self.store.announcements():
+            if ann["origin"] != self.name and self._can_render(ann):
+                seen.setdefault(ann["origin"])
+        return list(seen)
+
+    def _backing_off(self, key: str) -> bool:
+        with self._backoff_lock:
+            return self._backoff.get(key, 0) > time.monotonic()
+
+    def _back_off(self, key: str, seconds: float) -> None:
+        with self._backoff_lock:
+            self._backoff[key] = time.monotonic() + seconds
+
+    def lease_from(self, origin: str) -> RemoteWork | None:
+        """Ask ``origin`` for a frame of its announced jobs, oldest job first."""
+        if self._backing_off(origin):
+            return None
+        # Where the origin says it is now (its hello) beats where it was when it announced.
+        known = self.known_address(origin)
+        for ann in self.store.announcements():
+            if ann["origin"] != origin or self._backing_off(ann["job"]) or not self._can_render(ann):
+                continue
+            job = urls.parse_job(ann["job"])
+            address = known or ann["address"]
+            try:
+                work = self._lease(address, job)
+            except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
+                self.store.forget_announcement(ann["job"])
+                continue
+            except Conflict as e:
+                log.info("origin %s refused a lease on %s (%s)", origin, job, e)
+                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
+                continue
+            except Unauthorized:
+                try:  # the origin may not know us yet: introduce ourselves, then ask again
+                    self.introduce(address)
+                    work = self._lease(address, job)
+                except DistrenError as e:
+                    log.info("origin %s refused a lease (%s)", origin, e)
+                    self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                    return None
+            except DistrenError as e:
+                log.info("origin %s unreachable (%s)", origin, e)
+                self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                return None
+            if work is None:
+                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
+                continue
+            return work
+        return None
+
+    @staticmethod
+    def _can_render(ann: dict) -> bool:
+        needs = ann.get("backends")
+        return isinstance(needs, list) and any(b in backends.available() for b in needs)
+
+    def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
+        # What this server can render goes with the request (signed, in the query): the origin
+        # grants only frames of those backends.
+        can = ",".join(backends.available())
+        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}", retries=0,
+                                   timeout=10, to=job.server)
+        if resp.status_code == 204:
+            return None
+        jf = jobfile.loads(resp.content)
+        sha, expires = resp.headers.get("X-Distren-Bundle-SHA256"), resp.headers.get("X-Distren-Lease-Expires")
+        if jf.name != str(job) or len(jf.frames) != 1 or not sha or not expires:
+            raise DistrenError(f"{address} answered a lease for {job} with something else than one frame of it")
+        try:  # the lease's length by the origin's clock, turned into an expiry on ours
+            now = resp.headers.get("X-Distren-Now")
+            granted = float(expires) - (float(now) if now else time.time())
+        except ValueError:
+            raise DistrenError(f"{address} answered a lease with a malformed expiry {expires!r}") from None
+        return RemoteWork(job.server, address, job, jf, sha, time.time() + granted)
+
+    # --- while rendering -------------------------------------------------------------------
+
+    def scene_for(self, work: RemoteWork) -> Path:
+        """The job's scene, fetched once per bundle (cached by content hash) and verified."""
+        sha = work.bundle_sha256
+        scene = self._cache / "scenes" / sha
+        with self._cache_locks.setdefault(sha, threading.Lock()):
+            if not scene.is_dir():
+                tar = self._cache / "bundles" / f"{sha}.tar"
+                if not tar.exists():
+                    self.transport.download(work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, sha,
+                                            to=work.origin)
+                unpacked = self._cache / "scenes" / f".{sha}.unpacked"
+                shutil.rmtree(unpacked, ignore_errors=True)
+                bundle.extract(tar, unpacked)
+                os.replace(unpacked / "scene", scene)
+                shutil.rmtree(unpacked, ignore_errors=True)
+        return scene
+
+    def keep_lease(self, work: RemoteWork, done: threading.Event, on_lost) -> None:
+        """Renew ``work``'s lease until ``done``; call ``on_lost`` if the origin says it is gone."""
+        # The origin's lease timeout rules, not ours: renew at a third of what it granted.
+        interval = max(0.2, (work.expires - time.time()) / 3)
+        while not done.wait(interval):
+            try:
+                resp = self.transport.call("POST", work.address, work.path + "/renew", retries=0, timeout=5,
+                                           to=work.origin)
+                # What the origin granted, measured on our clock (clocks may differ).
+                interval = max(0.2, self._granted(resp) / 3)
+            except (Conflict, Gone, NotFound, Unauthorized) as e:
+                log.warning("lost the lease on %s/frame/%s: %s", work.job, work.frame.id, e)
+                work.lost.set()
+                on_lost()
+                return
+            except (DistrenError, ValueError, KeyError):
+                pass  # origin down (or a garbled answer): keep rendering; it extends leases when back
+
+    @staticmethod
+    def _granted(resp) -> float:
+        """Seconds of lease the origin granted: its expiry less its own clock (X-Distren-Now)."""
+        expires = float(resp.json()["expires"])
+        sent = resp.headers.get("X-Distren-Now")
+        return expires - (float(sent) if sent else time.time())
+
+    def deliver(self, work: RemoteWork, frame_tar: Path, log_text: str) -> None:
+        self.transport.call("POST", work.address, work.path + "/log", {"log": _tail(log_text)},
+                            retries=30, to=work.origin)
+        self.transport.upload(work.address, work.path + "/result", frame_tar, to=work.origin)
+
+    def report_failure(self, work: RemoteWork, reason: str, log_text: str) -> None:
+        self.transport.call("POST", work.address, work.path + "/failed",
+                            {"reason": reason[:4096], "log": _tail(log_text)}, retries=30, to=work.origin)
+
+    # --- dependencies on other servers' frames ---------------------------------------------
+
+    def remote_frame_state(self, target: urls.FrameURL, where: str = "", retries: int = 1) -> dict:
+        """Ask a frame's origin how it is; refuse frames and servers that do not exist."""
+        prefix = f"{where}: " if where else ""
+        if self.store.peer_key(target.server) is None:
+            raise NotFound(f"{prefix}server {target.server!r} is not known here; peer with it first "
+                           "(`distren peers add URL`)")
+        address = self._address(target.server)
+        try:
+            return self.transport.call("GET", address, f"/fed/jobs/{target.job_id}/frames/{target.frame_id}",
+                                       retries=retries, timeout=10, to=target.server).json()
+        except NotFound:
+            raise NotFound(f"{prefix}{target} does not exist on {target.server}") from None
+        except DistrenError as e:
+            raise ServerUnreachable(f"{prefix}cannot check {target}: {e}") from None
+
+    def _address(self, name: str) -> str:
+        address = self.known_address(name)
+        if address is None:
+            raise NotFound(f"no known server {name!r}")
+        return address
+
+    def fetch_frame_files(self, target: urls.FrameURL) -> Path:
+        """A finished frame's tarball from the server that holds it; cached (a done frame never
+        changes and ids are never reused, so its URL names its content for good)."""
+        path = self._cache / "frames" / target.server / f"{target.job_id}-{target.frame_id}.tar"
+        with self._cache_locks.setdefault(str(target), threading.Lock()):
+            if not path.exists():
+                state = self.remote_frame_state(target)
+                if state.get("state") != states.DONE:
+                    raise DistrenError(f"dependency {target} is {state.get('state')}, not done")
+                self.transport.download(self._address(target.server),
+                                        f"/fed/jobs/{target.job_id}/frames/{target.frame_id}/files", path,
+                                        state.get("sha256"), to=target.server)
+        return path
+
+    def poll_remote_deps(self) -> None:
+        """How the other servers' frames our frames wait for are (on the sync thread)."""
+        for dep in self.store.remote_deps_pending():
+            try:
+                st = self.remote_frame_state(urls.parse_frame(dep), retries=0)
+            except DistrenError as e:
+                log.debug("cannot check %s: %s", dep, e)
+                continue
+            state = st.get("state")
+            if state == states.DONE:
+                self.life.dependency(dep, "done", "done")
+                self.wake()
+            elif state in (states.FAILED, states.BLOCKED) or st.get("job_state") == states.CANCELLED:
+                self.life.dependency(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
+            else:
+                self.life.dependency(dep, "waiting", "")
