@@ -1,6 +1,6 @@
 """``/fed``: what servers ask of each other (docs/protocol.md). Every request but the hello is
-signed by its sender's key, which this server pinned at the sender's hello; the signature
-covers the method, the path with its query, a digest of the body, a time and a nonce.
+signed with its sender's pinned key; the signature covers the method, the path with its query,
+a digest of the body, a time, a nonce and the name of the server it is meant for.
 
 Handlers that touch SQLite or files run in the thread pool, never on the event loop."""
 
