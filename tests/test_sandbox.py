@@ -93,6 +93,29 @@ def test_wall_time_is_enforced_on_the_whole_sandbox(tmp_path):
     assert time.monotonic() - started < 5
 
 
+def _sandboxed(marker: str) -> list[int]:
+    """Processes on this machine whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_nothing_of_a_stopped_sandbox_outlives_its_run(tmp_path, attempt):
+    """A run that is stopped returns only once every process in the sandbox is gone: a dying
+    render must not write into a working folder its server is already removing."""
+    marker = f"987.{os.getpid()}{attempt}"
+    out = sh(tmp_path, f"sleep {marker} & sleep {marker} & i=0; while :; do : > f$i; i=$((i+1)); done",
+             sandbox.Limits(wall=0.5))
+    assert out.limit in ("wall", "files")
+    assert _sandboxed(marker) == []
+
+
 def test_wall_time_holds_when_the_program_closes_its_output(tmp_path):
     out = sh(tmp_path, "exec >/dev/null 2>&1; sleep 300", sandbox.Limits(wall=1.0))
     assert out.limit == "wall"

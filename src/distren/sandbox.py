@@ -124,7 +124,8 @@ def bwrap() -> str:
 
 
 def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = None,
-            binds: dict[str, Path] | None = None, tmp_bytes: int = Limits.tmp) -> list[str]:
+            binds: dict[str, Path] | None = None, tmp_bytes: int = Limits.tmp, info_fd: int | None = None
+            ) -> list[str]:
     """``argv`` wrapped to run in the sandbox with ``workdir`` as its only writable folder,
     mounted at /work and used as the current directory. ``shared`` maps paths below /work to
     files mounted read-only there (large scene files, which are not copied for every frame);
@@ -158,6 +159,8 @@ def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = Non
         cmd += ["--ro-bind", str(Path(src).resolve()), f"{WORKDIR}/{rel}"]
     for inside, src in sorted((binds or {}).items()):
         cmd += ["--ro-bind", str(Path(src).resolve()), inside]
+    if info_fd is not None:  # bubblewrap writes {"child-pid": N} there: the sandbox's first process
+        cmd += ["--info-fd", str(info_fd)]
     return cmd + ["--"] + argv
 
 
@@ -214,7 +217,8 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
     gets the process (its group is the sandbox: kill it with ``os.killpg``)."""
     workdir = Path(workdir)
     before = tree_size(workdir)
-    cmd = command(_limited(argv, limits), workdir, shared, binds, limits.tmp)
+    info_r, info_w = os.pipe()
+    cmd = command(_limited(argv, limits), workdir, shared, binds, limits.tmp, info_w)
     started = time.monotonic()
     deadline = started + limits.wall
     hit: str | None = None
@@ -223,8 +227,12 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
     tail = bytearray()
     with open(log, "ab") as logf:
         writer = _TailWriter(logf, LOG_TAIL_BYTES)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(info_w,))
+        finally:
+            os.close(info_w)
+        killed = False
         try:
             if on_start:
                 on_start(proc)
@@ -265,9 +273,13 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
         finally:
             if proc.poll() is None:
                 _kill(proc)
+                killed = True
             proc.wait()
             proc.stdout.close()
             writer.close()
+            info = _read_all(info_r)
+            if killed:
+                _wait_gone(info)
     if hit is None:
         hit = _over(workdir, before, limits)
     out = Outcome(proc.returncode, time.monotonic() - started, total, tail.decode(errors="replace"),
@@ -355,6 +367,36 @@ def _over(workdir: Path, before: tuple[int, int], limits: Limits) -> str | None:
     if size - before[1] > limits.file_bytes:
         return "written"
     return None
+
+
+def _read_all(fd: int) -> bytes:
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(info: bytes, timeout: float = 10.0) -> None:
+    """After a kill: wait until the sandbox's first process, and so its whole PID namespace,
+    is gone. Killing bubblewrap kills it (--die-with-parent), but not before bubblewrap is
+    reaped here: without this wait a dying render could still write into a working folder
+    that is being removed."""
+    found = re.search(rb'"child-pid"\s*:\s*(\d+)', info)
+    if not found:
+        return  # bubblewrap died before it started anything
+    stat = Path(f"/proc/{found.group(1).decode()}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # A zombie's namespace is empty: the kernel kills and waits for the rest first.
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        time.sleep(0.01)
 
 
 def _kill(proc: subprocess.Popen) -> None:
