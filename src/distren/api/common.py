@@ -80,20 +80,38 @@ async def error_answer(request: Request, exc: DistrenError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
+WRITE_BATCH = 1 << 20
+
+
 async def receive_file(request: Request, staging: Path, prefix: str, limit: int, what: str) -> tuple[Path, str]:
     """Stream a request body into the ``staging`` folder, hashing it, durably (it may be
     renamed into place next); nothing is left behind if it fails or is too large."""
     path = staging / f"{prefix}-{secrets.token_hex(8)}.tar"
     h = hashlib.sha256()
     size = 0
+    batch: list[bytes] = []
+    pending = 0
+
+    def put(chunks: list[bytes], f) -> None:
+        for chunk in chunks:
+            h.update(chunk)
+            f.write(chunk)
+
     try:
         with open(path, "wb") as f:
+            # Hashing and writing happen in a worker thread, a batch at a time: a write can
+            # block for long once the kernel throttles a fast writer's dirty pages, and the
+            # event loop answers everyone else meanwhile.
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise BundleError(f"{what} is larger than {limit} bytes; refused")
-                h.update(chunk)
-                f.write(chunk)
+                batch.append(chunk)
+                pending += len(chunk)
+                if pending >= WRITE_BATCH:
+                    await run_in_threadpool(put, batch, f)
+                    batch, pending = [], 0
+            await run_in_threadpool(put, batch, f)
             f.flush()
             await run_in_threadpool(os.fsync, f.fileno())
     except BaseException:
