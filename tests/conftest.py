@@ -110,6 +110,16 @@ def shared_server(tmp_path_factory):
     s.stop()
 
 
+def wait_for(predicate, what: str = "condition", timeout: float = 60):
+    """Poll ``predicate`` until it returns something true (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
 def last_line(res: subprocess.CompletedProcess) -> str:
     """What `distren submit` prints last: the job's URL."""
     return res.stdout.strip().splitlines()[-1]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from conftest import REPO, last_line, status
+from conftest import REPO, last_line, status, wait_for
 from distren import backends
 from distren.errors import JobFileError
 
@@ -42,15 +41,6 @@ def fake_bundle(path: Path, frames: int) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def wait_for(predicate, what: str, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def test_only_servers_with_the_backend_lease_its_frames(start_server, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from conftest import POV_ANIM, SCENES, assert_frames_match, last_line, povray_reference, status
+from conftest import POV_ANIM, SCENES, assert_frames_match, last_line, povray_reference, status, wait_for
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e
@@ -23,16 +23,6 @@ FZ = POV_ANIM / "fractalzoom"
 def events(server, job_id: int) -> list[dict]:
     return httpx.get(f"{server.http}/api/jobs/{job_id}/events",
                      headers={"Authorization": f"Bearer {server.token}"}).json()
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -12,21 +12,11 @@ import time
 import httpx
 import pytest
 
-from conftest import SCENES, last_line
+from conftest import SCENES, last_line, wait_for
 from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Renderer:

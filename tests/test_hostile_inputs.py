@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from conftest import SCENES, ServerProc, free_port
+from conftest import ServerProc, free_port
 from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 

@@ -5,14 +5,13 @@ poke at than the real-process tests (test_e2e_*), which stay the proof; these si
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import SCENES, assert_frames_match, povray_reference
+from conftest import SCENES, assert_frames_match, povray_reference, wait_for
 from distren import bundle
 from distren.api import create_app
 from distren.pack import pack
@@ -27,15 +26,6 @@ def in_process(name: str, data: Path, slots: int = 0, lease_timeout: float = 30.
 
 def auth(server: Server) -> dict[str, str]:
     return {"Authorization": "Bearer " + (server.settings.data / "admin.token").read_text().strip()}
-
-
-def wait_until(predicate, what: str, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture
@@ -98,7 +88,7 @@ def test_federation_in_process(tmp_path, textured_bundle):
         assert b.peering.add("http://a.test:80") == "a"
         r = a_http.post("/api/jobs", content=textured_bundle.read_bytes(), headers=auth(a))
         job = r.json()["id"]
-        st = wait_until(lambda: (s := a_http.get(f"/api/jobs/{job}", headers=auth(a)).json())["state"] == "done"
+        st = wait_for(lambda: (s := a_http.get(f"/api/jobs/{job}", headers=auth(a)).json())["state"] == "done"
                         and s, "the job to be done")
         assert {f["server"] for f in st["frames"]} == {"distren://b/"}
         assert any(c.startswith("PUT a.test/fed/jobs/") and c.endswith("/result") for c in calls)
