@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class ServerProc:
     port: int
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    preexec: Callable[[], None] | None = None  # run in the server's process before it starts
 
     @property
     def http(self) -> str:
@@ -45,12 +47,12 @@ class ServerProc:
         return (self.data / "admin.token").read_text().strip()
 
     def start(self, timeout: float = 20.0) -> "ServerProc":
-        log = open(self.data.parent / f"{self.name}-{self.port}.log", "ab")
         self.data.mkdir(parents=True, exist_ok=True)
+        log = open(self.data.parent / f"{self.name}-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "distren", "serve", "--name", self.name, "--data", str(self.data),
              "--listen", f"127.0.0.1:{self.port}", *self.args],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -34,23 +34,8 @@ def enough_fds():
 
 def start(tmp_path: Path, *args: str, fds: int | None = None) -> ServerProc:
     """A server; with ``fds``, its soft and hard open-file limits are both that."""
-    s = ServerProc("slow", tmp_path / "data", free_port(), ["--slots", "0", *args])
-    s.data.mkdir(parents=True, exist_ok=True)
     limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fds, fds))) if fds else None
-    s.proc = subprocess.Popen(
-        [sys.executable, "-m", "distren", "serve", "--name", s.name, "--data", str(s.data),
-         "--listen", f"127.0.0.1:{s.port}", *s.args],
-        stdout=open(tmp_path / "server.log", "ab"), stderr=subprocess.STDOUT, preexec_fn=limit)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert s.proc.poll() is None, (tmp_path / "server.log").read_text()
-        try:
-            if httpx.get(f"{s.http}/api/server", timeout=1).status_code == 200:
-                return s
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not come up")
+    return ServerProc("slow", tmp_path / "data", free_port(), ["--slots", "0", *args], preexec=limit).start()
 
 
 def open_slow(server: ServerProc, n: int) -> list[socket.socket]:
