@@ -36,6 +36,7 @@ from .errors import DistrenError, SandboxUnavailable
 
 WORKDIR = "/work"
 PRLIMIT = "/usr/bin/prlimit"
+NICE = "/usr/bin/nice"
 LOG_TAIL_BYTES = 1 << 20  # what a run leaves in its log at most
 TEXT_TAIL_BYTES = 64 << 10  # what a run's Outcome carries for error messages
 WATCH_INTERVAL = 0.25  # seconds between looks at the sandbox's memory, threads and files
@@ -131,6 +132,9 @@ def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = Non
     files mounted read-only there (large scene files, which are not copied for every frame);
     ``binds`` maps absolute paths in the sandbox to host files or folders mounted read-only."""
     cmd = [
+        # Renders and checks are batch work: under load, the server itself (leases, renewals,
+        # every HTTP answer) goes first.
+        NICE, "-n", "10",
         bwrap(),
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/bin", "/bin",
