@@ -36,11 +36,11 @@ from defusedxml import DefusedXmlException
 
 from . import names, urls
 from .errors import InvalidURL, JobFileError
+from .images import MAX_SIDE
 
 FILENAME = "distrenjob.xml"
 FORMAT_VERSION = "1"
 MAX_FRAMES = 100_000
-MAX_SIDE = 16384
 MAX_XML_BYTES = 16 * 1024 * 1024
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
