@@ -41,6 +41,7 @@ class JobFiles:
         self.store = store
         self._jobfiles: dict[int, tuple[jobfile.JobFile, dict[int, jobfile.Frame]]] = {}
         self._bundle_sha: dict[int, str] = {}
+        self._by_backend: dict[int, dict[str, list[int]]] = {}
         self._lock = threading.Lock()
 
     def get(self, job_id: int) -> tuple[jobfile.JobFile, dict[int, jobfile.Frame]]:
@@ -56,6 +57,17 @@ class JobFiles:
                 self._jobfiles[job_id] = cached
         return cached
 
+    def by_backend(self, job_id: int) -> dict[str, list[int]]:
+        """The job's frame ids by the backend each needs (what a lease's ``can`` selects by),
+        grouped once: every lease asks."""
+        if job_id not in self._by_backend:
+            jf, _ = self.get(job_id)
+            out: dict[str, list[int]] = {}
+            for f in jf.frames:
+                out.setdefault(f.backend(jf.type), []).append(f.id)
+            self._by_backend[job_id] = out
+        return self._by_backend[job_id]
+
     def bundle_sha256(self, job_id: int) -> str:
         if job_id not in self._bundle_sha:
             self._bundle_sha[job_id] = sha256_file(self.store.seed_path(job_id))
@@ -65,6 +77,7 @@ class JobFiles:
         with self._lock:
             self._jobfiles.pop(job_id, None)
         self._bundle_sha.pop(job_id, None)
+        self._by_backend.pop(job_id, None)
 
 
 class Jobs:

@@ -14,7 +14,6 @@ Every change of a frame's state is made by :mod:`distren.lifecycle`; the rendere
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -97,7 +96,7 @@ class Origin:
         """A frame of ``job_id`` for ``sender``, of one of the backends it ``can`` render."""
         expires = time.time() + self.lease_timeout
         renderer = str(urls.ServerURL(sender))
-        by_backend = self._frames_by_backend(job_id)
+        by_backend = self.jobfiles.by_backend(job_id)
         skip = [fid for b, ids in by_backend.items() if can is not None and b not in can for fid in ids]
         claim = None
         if can is None or can & by_backend.keys():
@@ -108,14 +107,6 @@ class Origin:
         jf, frames = self.jobfiles.get(job_id)
         return (jobfile.lease_xml(jf, replace(frames[claim[1]], server=renderer)),
                 self.jobfiles.bundle_sha256(job_id), expires)
-
-    @functools.lru_cache(maxsize=64)  # noqa: B019 (one Origin per server, jobs never change)
-    def _frames_by_backend(self, job_id: int) -> dict[str, tuple[int, ...]]:
-        jf, _ = self.jobfiles.get(job_id)
-        out: dict[str, list[int]] = {}
-        for f in jf.frames:
-            out.setdefault(f.backend(jf.type), []).append(f.id)
-        return {b: tuple(ids) for b, ids in out.items()}
 
     def bundle(self, job_id: int) -> tuple[Path, str]:
         """A job's bundle for a renderer to fetch, and its hash; only while it takes work."""
