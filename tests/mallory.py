@@ -1,0 +1,145 @@
+"""Mallory: a server that speaks distren's protocol for its own ends, for tests of hostile peers.
+
+Mallory has an Ed25519 key and a real address on loopback (a small HTTP server in a thread that
+answers her hello and an empty state), so she looks like any server to the one she talks to.
+Everything else she does is a method that signs a request and returns the answer unchecked:
+tests decide what a hostile peer sends and assert what the honest server does with it.
+
+    m = Mallory("mallory", tmp_path / "m.key")
+    m.introduce(origin)                  # POST /fed/hello
+    r = m.lease(origin, job)             # POST /fed/jobs/ID/lease?can=povray
+    m.upload(origin, job, frame, tar)    # PUT .../result
+    m.close()
+
+``answer`` lets a test change what her own server answers (e.g. a tarpit never answers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from distren.identity import Identity
+from distren.peering import hello_text
+
+
+class Mallory:
+    def __init__(self, name: str, keyfile: Path, backends: dict[str, str] | None = None):
+        self.name = name
+        self.id = Identity.load_or_create(name, keyfile)
+        self.backends = {"povray": "3.7.0.10"} if backends is None else backends
+        # (method, path) -> (status, JSON body) for her own server; hello and state by default.
+        self.answer: Callable[[str, str], tuple[int, dict]] = self._default_answer
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd.daemon_threads = True
+        self.address = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    # --- her own server --------------------------------------------------------------------
+
+    def hello(self, name: str | None = None, address: str | None = None) -> dict:
+        name, address = name or self.name, address or self.address
+        ts = f"{time.time():.3f}"
+        return {"name": name, "address": address, "key": self.id.public, "time": ts, "backends": self.backends,
+                "signature": self.id.sign(hello_text(name, address, self.id.public, ts))}
+
+    def _default_answer(self, method: str, path: str) -> tuple[int, dict]:
+        if path == "/fed/hello":
+            return 200, self.hello()
+        if path.startswith("/fed/state"):
+            return 200, {"name": self.name, "slots": 0, "backends": self.backends, "rendering": [],
+                         "announcements": []}
+        return 404, {"error": "not here"}
+
+    def _handler(self):
+        mallory = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                status, body = mallory.answer(self.command, self.path)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = _serve
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+    # --- what she asks of others -----------------------------------------------------------
+
+    def introduce(self, server, **hello) -> httpx.Response:
+        """Her hello to ``server`` (a conftest.ServerProc); ``hello`` overrides name/address."""
+        return httpx.post(f"{server.http}/fed/hello", json=self.hello(**hello), timeout=30)
+
+    def call(self, server, method: str, path: str, body: bytes | dict = b"", digest: str | None = None,
+             headers: dict | None = None, timeout: float = 60) -> httpx.Response:
+        """A request signed with her key, for ``server``."""
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        if digest is None and body:
+            digest = hashlib.sha256(body).hexdigest()
+        signed = self.id.sign_request(method, path, *([digest] if digest else []), to=server.name)
+        return httpx.request(method, server.http + path, content=body, headers={**signed, **(headers or {})},
+                             timeout=timeout)
+
+    def lease(self, server, job: int, can: str = "povray") -> httpx.Response:
+        return self.call(server, "POST", f"/fed/jobs/{job}/lease?can={can}")
+
+    @staticmethod
+    def leased_frame(resp: httpx.Response) -> int:
+        """The frame id in a lease answer's distrenjob.xml."""
+        return int(resp.content.split(b"/frame/")[1].split(b'"')[0])
+
+    def renew(self, server, job: int, frame: int) -> httpx.Response:
+        return self.call(server, "POST", f"/fed/jobs/{job}/frames/{frame}/renew")
+
+    def failed(self, server, job: int, frame: int, reason: str = "mallory says no") -> httpx.Response:
+        return self.call(server, "POST", f"/fed/jobs/{job}/frames/{frame}/failed", {"reason": reason, "log": ""})
+
+    def upload(self, server, job: int, frame: int, tar: bytes, claimed: str | None = None) -> httpx.Response:
+        sha = claimed or hashlib.sha256(tar).hexdigest()
+        return self.call(server, "PUT", f"/fed/jobs/{job}/frames/{frame}/result", tar, digest=sha,
+                         headers={"X-Content-SHA256": sha, "Content-Type": "application/x-tar"})
+
+    def bundle(self, server, job: int) -> httpx.Response:
+        return self.call(server, "GET", f"/fed/jobs/{job}/bundle")
+
+    def frame_files(self, server, job: int, frame: int) -> httpx.Response:
+        return self.call(server, "GET", f"/fed/jobs/{job}/frames/{frame}/files")
+
+    def state(self, server) -> httpx.Response:
+        return self.call(server, "GET", "/fed/state")
+
+    def announce(self, server, ann: dict) -> httpx.Response:
+        return self.call(server, "POST", "/fed/announce", ann)
+
+    def announcement(self, job_url: str, origin: str | None = None, frames: int = 1, active: bool = True,
+                     **extra) -> dict:
+        """An announcement of ``job_url`` signed with HER key, whatever origin it claims."""
+        from distren.peering import _announcement_text
+        ann = {"job": job_url, "origin": origin or self.name, "address": self.address, "backends": ["povray"],
+               "key": self.id.public, "bundle_sha256": "0" * 64, "frames": frames, "created": time.time(),
+               "active": active, **extra}
+        ann["signature"] = self.id.sign(_announcement_text(ann))
+        return ann
