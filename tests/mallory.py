@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from distren.gossip import announcement_text
 from distren.identity import Identity
 from distren.peering import hello_text
 
@@ -137,9 +138,8 @@ class Mallory:
     def announcement(self, job_url: str, origin: str | None = None, frames: int = 1, active: bool = True,
                      **extra) -> dict:
         """An announcement of ``job_url`` signed with HER key, whatever origin it claims."""
-        from distren.peering import _announcement_text
         ann = {"job": job_url, "origin": origin or self.name, "address": self.address, "backends": ["povray"],
                "key": self.id.public, "bundle_sha256": "0" * 64, "frames": frames, "created": time.time(),
                "active": active, **extra}
-        ann["signature"] = self.id.sign(_announcement_text(ann))
+        ann["signature"] = self.id.sign(announcement_text(ann))
         return ann

@@ -85,7 +85,7 @@ def test_federation_in_process(tmp_path, textured_bundle):
     a.start()
     b.start()
     try:
-        assert b.peering.add("http://a.test:80") == "a"
+        assert b.gossip.add("http://a.test:80") == "a"
         r = a_http.post("/api/jobs", content=textured_bundle.read_bytes(), headers=auth(a))
         job = r.json()["id"]
         st = wait_for(lambda: (s := a_http.get(f"/api/jobs/{job}", headers=auth(a)).json())["state"] == "done"

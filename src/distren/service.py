@@ -4,7 +4,7 @@ module does.
 
 The rooms: :mod:`~distren.users` (who may do what), :mod:`~distren.jobs` (submit, cancel,
 retry, delete, rebundle), :mod:`~distren.views` (read-only answers), :mod:`~distren.scheduling`
-(slots), :mod:`~distren.peering` (hello, announcements, sync), :mod:`~distren.origin` and
+(slots), :mod:`~distren.peering` (hello, keys), :mod:`~distren.gossip` (announcements, sync), :mod:`~distren.origin` and
 :mod:`~distren.renderer` (a lease's two sides). All state changes go through one
 :class:`~distren.lifecycle.Lifecycle`, which publishes them on the :class:`~distren.bus.Bus`.
 """
@@ -25,6 +25,7 @@ from .identity import Identity
 from .jobs import JobFiles, Jobs
 from .lifecycle import Lifecycle
 from .origin import Origin
+from .gossip import Gossip
 from .peering import Peering, check_address
 from .renderer import Renderer
 from .scheduling import Scheduler
@@ -69,14 +70,15 @@ class Server:
         wake = threading.Event()  # set when there may be work: idle slots look at once
         self.jobfiles = JobFiles(self.store)
         self.users = Users(self.url, self.store, s.data / "admin.token")
-        # Two late-bound callables: peering answers with what the slots render, and polls the
+        self.peering = Peering(self.identity, s.advertise, self.store, self.transport, wake.set)
+        # Two late-bound callables: gossip answers with what the slots render, and polls the
         # renderer's remote dependencies after each sync; both rooms are made after it.
-        self.peering = Peering(self.identity, s.advertise, s.peers, self.store, self.transport, self.jobfiles,
-                               s.slots, lambda: self.scheduler.rendering_now(), wake.set,
-                               lambda: self.renderer.poll_remote_deps())
+        self.gossip = Gossip(self.peering, s.peers, self.store, self.transport, self.jobfiles, s.slots,
+                             lambda: self.scheduler.rendering_now(), wake.set,
+                             lambda: self.renderer.poll_remote_deps())
         self.renderer = Renderer(self.url.name, self.store, self.life, self.transport, s.data / "cache",
                                  self.peering.known_address, self.peering.introduce, wake.set)
-        self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.peering.announce,
+        self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,
                          self.renderer.remote_frame_state, self.users.job_for,
                          lambda job_id: self.scheduler.stop_renders(job_id), wake.set)
         self.origin = Origin(self.url, self.store, self.life, self.jobfiles, s.lease_timeout, s.max_attempts,
@@ -105,15 +107,15 @@ class Server:
         for job_id in self.store.jobs_awaiting_rebundle():
             self.jobs.rebundle(job_id)
         self.origin.start()
-        self.peering.start()
+        self.gossip.start()
         for job in self.store.list_jobs():  # peers may have missed these while we were down
             if job.state not in (states.DONE, states.CANCELLED):
-                self.peering.announce(job.id, again=True)
+                self.gossip.announce(job.id, again=True)
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
-        self.peering.stop()
+        self.gossip.stop()
         self.origin.stop()
         self.transport.close()
         self.scheduler.join()

@@ -102,7 +102,7 @@ def router(server: Server) -> APIRouter:
         address = body.get("address") if isinstance(body, dict) else None
         if not isinstance(address, str) or not address.startswith(("http://", "https://")):
             raise DistrenError('send {"address": "http://HOST:PORT"}: the peer\'s HTTP address')
-        name = await run_in_threadpool(server.peering.add, address)
+        name = await run_in_threadpool(server.gossip.add, address)
         return {"peer": f"distren://{name}/", "address": address}
 
     @api.delete("/api/peers/{name}")

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def router(server: Server) -> APIRouter:
     api = APIRouter()
-    peering, origin = server.peering, server.origin
+    peering, gossip, origin = server.peering, server.gossip, server.origin
 
     def path_of(request: Request) -> str:
         q = request.url.query
@@ -62,13 +62,13 @@ def router(server: Server) -> APIRouter:
     @api.post("/fed/announce")
     async def announce(request: Request):
         sender, body = await signed(request)
-        news = await run_in_threadpool(peering.receive, sender, json_body(body))
+        news = await run_in_threadpool(gossip.receive, sender, json_body(body))
         return {"news": news}
 
     @api.get("/fed/state")
     async def fed_state(request: Request):
         sender, _ = await signed(request)
-        return await run_in_threadpool(peering.state, sender)
+        return await run_in_threadpool(gossip.state, sender)
 
     def grant(request: Request):
         job_id = int(request.path_params["job_id"])
