@@ -1,0 +1,85 @@
+"""``distren serve`` and ``distren demo``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import DistrenError
+from .common import app, err
+
+
+@app.command()
+def serve(
+    name: str = typer.Option(..., "--name", help="This server's permanent name: distren://NAME/."),
+    listen: str = typer.Option("127.0.0.1:8311", "--listen", help="HOST:PORT to listen on."),
+    data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing)."),
+    frame_timeout: float = typer.Option(3600.0, "--frame-timeout", min=0.1, help="Seconds before a frame's render is stopped."),
+    max_memory: str = typer.Option("4G", "--max-memory", help="Memory (address space) of each process of a render."),
+    max_processes: int = typer.Option(256, "--max-processes", min=1, help="Processes and threads of one render."),
+    max_output: str = typer.Option("64M", "--max-output", help="Output a render may print (its log keeps the last 1 MiB)."),
+    max_files: int = typer.Option(1000, "--max-files", min=1, help="Files a render may write."),
+    max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes, and of all its files together."),
+    max_result_bytes: str = typer.Option("2G", "--max-result-bytes", help="What a peer's upload of one frame may "
+                                         "be and unpack to."),
+    peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
+    advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
+                                            "(default: http://LISTEN)."),
+    lease_timeout: float = typer.Option(180.0, "--lease-timeout", help="Seconds a frame stays leased to another "
+                                        "server without a renewal."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send "
+                                         "its request headers before it is dropped."),
+    max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
+                                                  "one more evicts the longest waiting for its headers "
+                                                  "(default: what the open-file limit allows, up to 10000)."),
+    plugin: list[str] = typer.Option([], "--plugin", help="A Python module to import that registers more render "
+                                     "backends (repeatable; see docs/architecture.md)."),
+):
+    """Run a distren server."""
+    from .. import backends, httpserver
+    from ..api import create_app
+    from ..sandbox import Limits, parse_size
+    from ..service import DEFAULT_SLOTS, Server, Settings
+
+    limits = Limits(memory=parse_size(max_memory, "--max-memory"), processes=max_processes, wall=frame_timeout,
+                    output=parse_size(max_output, "--max-output"), files=max_files,
+                    file_bytes=parse_size(max_file_bytes, "--max-file-bytes"))
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DistrenError(f"--listen {listen!r}: use HOST:PORT, e.g. 127.0.0.1:8311")
+    host = host.strip("[]")
+    if advertise is None:
+        if host in ("0.0.0.0", "::"):
+            raise DistrenError(f"--listen {listen} listens on every address; say which one peers use with --advertise")
+        advertise = f"http://{listen}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    http_limits = httpserver.limits(header_timeout, max_connections)
+    for module in plugin:
+        backends.load_plugin(module)
+    server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
+                             limits=limits, advertise=advertise, peers=peer,
+                             lease_timeout=lease_timeout,
+                             max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
+    server.start()
+    can = ", ".join(f"{b} {v}" for b, v in backends.available().items())
+    err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s) "
+              f"rendering {can}; "
+              f"admin token in {data / 'admin.token'}")
+    try:
+        httpserver.serve(create_app(server), host, int(port), http_limits)
+    finally:
+        server.stop()
+
+
+
+@app.command()
+def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output")):
+    """Start a local server, render the bundled animation, download it and make a preview."""
+    from ..demo import run
+
+    run(output)
+
