@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 
 need=()
 command -v povray >/dev/null 2>&1 || need+=(povray)
@@ -15,6 +15,8 @@ command -v povray >/dev/null 2>&1 || need+=(povray)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The dashboard's browser test drives Debian's Chromium (Playwright cannot download its own here).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ((${#need[@]})); then
   echo "setup: installing system packages: ${need[*]}"
   $SUDO apt-get update -qq

@@ -99,6 +99,12 @@ class ServerUnreachable(DistrenError):
     status = 503
 
 
+class Busy(DistrenError):
+    """The server is at a bound it keeps (live views open, previews being made): try again later."""
+
+    status = 503
+
+
 class SandboxUnavailable(DistrenError):
     """This machine cannot create the sandbox every render runs in."""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import sandbox, states, urls
 from .bus import Bus
+from .dashboard import Dashboard
 from .errors import DistrenError
 from .identity import Identity
 from .jobs import JobFiles, Jobs
@@ -27,6 +28,7 @@ from .lifecycle import Lifecycle
 from .origin import Origin
 from .gossip import Gossip
 from .peering import Peering, check_address
+from .previews import Previews
 from .renderer import Renderer
 from .scheduling import Scheduler
 from .store import Store
@@ -86,6 +88,9 @@ class Server:
         self.scheduler = Scheduler(self.url, self.store, self.life, self.jobfiles, self.renderer,
                                    self.jobs.rebundle, s.data, s.slots, s.limits, s.max_attempts, wake)
         self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now)
+        self.dashboard = Dashboard(self.url, self.store, self.jobfiles, s.advertise, s.slots,
+                                   self.scheduler.rendering_now)
+        self.previews = Previews(self.store, self.jobfiles, s.limits)
         self.bus.subscribe(self.scheduler.on_change)
 
     def start(self) -> None:
