@@ -133,8 +133,8 @@ def test_a_user_sees_only_their_jobs_and_an_admin_all(solo, bundle):
 def test_hostile_reasons_are_escaped_on_every_page_and_in_live_updates(solo, bundle):
     server, http = solo
     job = submit(http, token_of(server), bundle)
-    assert server.life.claim("solo", job)  # frame 1, as a slot would take it
-    server.life.render_failed(job, 1, "solo", HOSTILE, max_attempts=1)
+    assert server.life.claim("distren://solo/", job)  # frame 1, as a slot would take it
+    server.life.render_failed(job, 1, "distren://solo/", HOSTILE, max_attempts=1)
     sign_in(http, token_of(server))
     for path in ("/", f"/jobs/{job}", f"/jobs/{job}/frames/1"):
         page = http.get(path).text

@@ -30,6 +30,11 @@ def job_name(settings: dict[str, str], jtype: str) -> str:
     return name if len(name) <= NAME_CHARS else name[: NAME_CHARS - 3] + "..."
 
 
+def short(server: str | None) -> str:
+    """``distren://alpha/`` as people say it: ``alpha``."""
+    return (server or "").removeprefix(urls.SCHEME).rstrip("/")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -129,7 +134,7 @@ class Dashboard:
             image = image_of(f.files) if f.state == states.DONE else None
             if f.state == states.DONE and movie is None:
                 movie = movie_of(f.files)
-            frames.append({"id": f.frame_id, "state": f.state, "server": f.server or "", "reason": f.reason,
+            frames.append({"id": f.frame_id, "state": f.state, "server": short(f.server), "reason": f.reason,
                            "attempts": f.attempts,
                            "image": image["sha256"][:16] if image else None})
         events = self.store.events(job_id)
@@ -145,7 +150,7 @@ class Dashboard:
         f = self.store.frame(job_id, frame_id)
         image = image_of(f.files) if f.state == states.DONE else None
         return {"job": job_id, "id": frame_id, "url": str(self.url.job(job_id).frame(frame_id)),
-                "state": f.state, "server": f.server or "", "reason": f.reason, "attempts": f.attempts,
+                "state": f.state, "server": short(f.server), "reason": f.reason, "attempts": f.attempts,
                 "files": [x["name"] for x in f.files], "image": image["sha256"][:16] if image else None}
 
     def servers(self) -> list[dict]:

@@ -1,0 +1,77 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real
+server process rendering a real POV-Ray job. Sign in, watch a job submitted from the CLI appear
+and finish on the front page without reloading (server-sent events), check the frames' states
+against `distren status --json`, open a frame's image and log."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import SCENES, last_line
+
+CHROMIUM = "/usr/bin/chromium"
+FRAMES = 4
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        # Chromium's own sandbox needs a user namespace it cannot make as root; tests run as root here.
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        yield b
+        b.close()
+
+
+def test_a_job_renders_live_on_the_dashboard(start_server, browser):
+    server = start_server("alpha", "--slots", "1")
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.set_default_timeout(30_000)
+    page.goto(server.http + "/jobs/1")
+    assert page.url.startswith(server.http + "/signin?next=")
+    page.fill("input[name=token]", "not the token")
+    page.click("button[type=submit]")
+    assert "not valid on this server" in page.inner_text("[role=alert]")
+    page.goto(server.http + "/")
+    page.fill("input[name=token]", server.token)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.http + "/")
+    page.wait_for_selector("#live-status.on")
+    # Set on this page load: still set at the end only if the page never reloaded.
+    page.evaluate("""() => {
+        window.loadedOnce = true;
+        window.seen = [];
+        new MutationObserver(() => {
+            const c = document.querySelector('tr.job .count');
+            if (c && window.seen[window.seen.length - 1] !== c.textContent) window.seen.push(c.textContent);
+        }).observe(document.getElementById('jobs'), {childList: true, subtree: true});
+    }""")
+
+    url = last_line(server.cli("submit", str(SCENES / "textured" / "textured.ini"), "--width", "32",
+                               "--height", "24", "--frames", f"1-{FRAMES}"))
+    page.wait_for_selector(f"tr.job.done .count:text('{FRAMES}/{FRAMES}')")
+    seen = page.evaluate("window.seen")
+    assert page.evaluate("window.loadedOnce") is True, "the page reloaded"
+    assert seen[0] != f"{FRAMES}/{FRAMES}" and seen[-1] == f"{FRAMES}/{FRAMES}", seen
+
+    page.click("tr.job.done td.name a")
+    page.wait_for_url(server.http + "/jobs/1")
+    st = json.loads(server.cli("status", url, "--json").stdout)
+    shown = page.eval_on_selector_all("#frames a.frame", "cells => cells.map(c => [c.id, c.className])")
+    assert shown == [[f"f{f['id']}", f"frame {f['state']}"] for f in st["frames"]]
+    assert st["state"] == "done" and page.inner_text("#job-head .state") == "done"
+    page.wait_for_function("() => [...document.querySelectorAll('#frames img')].filter("
+                           "i => i.complete && i.naturalWidth > 0).length === %d" % FRAMES)
+
+    page.click("#f2")
+    page.wait_for_url(server.http + "/jobs/1/frames/2")
+    assert "Persistence of Vision" in page.inner_text("pre.log")
+    page.wait_for_function("() => document.querySelector('img.full').naturalWidth === 32")
+    with page.expect_response(lambda r: r.url.endswith(".png") or "image.png" in r.url) as image:
+        page.click("img.full")
+    assert image.value.status == 200 and image.value.headers["content-type"] == "image/png"
