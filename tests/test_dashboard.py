@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
@@ -194,3 +196,15 @@ def test_thumbnails_of_rendered_frames_are_made_in_the_sandbox_and_cached(tmp_pa
         assert http.get(f"/jobs/{job}/result.tar").content[257:262] == b"ustar"
     finally:
         server.stop()
+
+
+def test_a_server_stops_promptly_with_a_live_view_open(start_server):
+    server = start_server("alpha", "--slots", "0")
+    with httpx.Client(base_url=server.http) as c:
+        assert c.post("/signin", data={"token": server.token}).status_code == 303
+        with c.stream("GET", "/live/jobs", timeout=30) as live:
+            assert live.status_code == 200 and next(live.iter_lines()) == "event: update"
+            started = time.monotonic()
+            server.proc.terminate()
+            server.proc.wait(timeout=20)
+    assert time.monotonic() - started < 8, "an open live view held the server up"

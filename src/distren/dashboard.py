@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # state every few seconds (gossip.SYNC_INTERVAL), so three missed pulls and then some.
 ONLINE_WITHIN = 15.0
 MAX_EVENTS = 200  # the newest events a job's page shows
+MAX_JOBS = 200  # the newest jobs the jobs page lists (`distren jobs` lists them all)
 NAME_CHARS = 80  # of a job's name as listed
 
 
@@ -77,6 +78,19 @@ class Dashboard:
         self.advertise = advertise
         self.slots = slots
         self.rendering_now = rendering_now
+        # A job's name and size never change; parsing its distrenjob.xml (20,000 frames: a third
+        # of a second) on every live update of the jobs page would, so they are kept here.
+        self._names: dict[int, tuple[str, str]] = {}
+
+    def _name_and_size(self, job: JobRow) -> tuple[str, str]:
+        got = self._names.get(job.id)
+        if got is None:
+            jf, _ = self.jobfiles.get(job.id)
+            got = (job_name(jf.settings, job.type), f"{jf.width}x{jf.height}")
+            if len(self._names) >= 10 * MAX_JOBS:
+                self._names.clear()
+            self._names[job.id] = got
+        return got
 
     def jobs(self, user: str, admin: bool, state: str | None = None, owner: str | None = None) -> dict:
         """The jobs ``user`` may see (their own; every job for an admin), filtered, newest first,
@@ -84,24 +98,21 @@ class Dashboard:
         now = time.time()
         rows = self.store.list_jobs(None if admin else str(self.url.user(user)))
         owners = sorted({j.submitter for j in rows})
-        out = []
-        for job in reversed(rows):
-            if (state and job.state != state) or (owner and job.submitter != owner):
-                continue
-            out.append(self.job_summary(job, now))
-        return {"jobs": out, "owners": owners, "peer_jobs": self.peer_jobs() if admin else []}
+        chosen = [j for j in reversed(rows) if (not state or j.state == state) and (not owner or j.submitter == owner)]
+        return {"jobs": [self.job_summary(job, now) for job in chosen[:MAX_JOBS]], "owners": owners,
+                "hidden": max(0, len(chosen) - MAX_JOBS), "peer_jobs": self.peer_jobs() if admin else []}
 
     def job_summary(self, job: JobRow, now: float) -> dict:
         counts = self.store.frame_counts(job.id)
         total, done = sum(counts.values()), counts.get(states.DONE, 0)
         elapsed, remaining = timing(job, done, total, now)
-        jf, _ = self.jobfiles.get(job.id)
-        return {"id": job.id, "url": str(self.url.job(job.id)), "name": job_name(jf.settings, job.type),
+        name, size = self._name_and_size(job)
+        return {"id": job.id, "url": str(self.url.job(job.id)), "name": name,
                 "owner": job.submitter, "origin": self.url.name, "state": job.state, "reason": job.reason,
                 "done": done, "total": total, "counts": counts,
                 "percent": round(100 * done / total) if total else 0,
                 "elapsed": duration(elapsed), "remaining": duration(remaining),
-                "size": f"{jf.width}x{jf.height}"}
+                "size": size}
 
     def peer_jobs(self) -> list[dict]:
         """Other servers' jobs this server can help render (from their announcements), with the

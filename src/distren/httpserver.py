@@ -31,6 +31,10 @@ from .errors import DistrenError
 log = logging.getLogger("distren.http")
 
 DEFAULT_HEADER_TIMEOUT = 10.0
+# Seconds a stopping server waits for requests still under way before cancelling them: a
+# dashboard's live stream (server-sent events) never ends by itself, and one left open in a
+# browser would otherwise keep the server from ever exiting.
+SHUTDOWN_GRACE = 3.0
 # Descriptors kept for the server itself: SQLite and its WAL, frame logs and tarballs being
 # written, renderers' pipes, connections to peers (up to 64).
 FD_RESERVE = 256
@@ -145,5 +149,6 @@ def serve(app, host: str, port: int, lim: Limits) -> None:
     log.info("at most %d connections (%d open files allowed); request headers due within %g s",
              lim.max_connections, lim.fds, lim.header_timeout)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
-                            http=guarded_protocol(lim.header_timeout, lim.max_connections))
+                            http=guarded_protocol(lim.header_timeout, lim.max_connections),
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
     uvicorn.Server(config).run()

@@ -120,8 +120,15 @@ class Previews:
             names = {}
             for frame_id, image in todo:
                 name = f"{frame_id}{Path(image['name']).suffix.lower()}"
-                _copy_member(self.store.frame_tar(job_id, frame_id), image["name"], work / name, image["size"])
+                try:
+                    _copy_member(self.store.frame_tar(job_id, frame_id), image["name"], work / name, image["size"])
+                except (OSError, KeyError, tarfile.TarError, NotFound) as e:  # retried, or deleted meanwhile
+                    log.info("no preview of frame %s of job %s: %s", frame_id, job_id, e)
+                    continue
                 names[frame_id] = name
+            todo = [(f, image) for f, image in todo if f in names]
+            if not todo:
+                return
             argv, binds = sandbox.python_command(
                 "distren.thumbnails", [str(jf.width), str(jf.height), *map(str, SIDES), "--", *names.values()])
             out = sandbox.run(argv, work, self.limits, work.parent / f"{work.name}.log", binds=binds)
