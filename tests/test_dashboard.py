@@ -151,6 +151,23 @@ def test_hostile_reasons_are_escaped_on_every_page_and_in_live_updates(solo, bun
     assert "<script>alert" not in update["html"]["events"] and "&lt;script&gt;" in update["html"]["events"]
 
 
+def test_admins_see_the_peers_jobs_this_server_helps_with_marked_and_escaped(solo):
+    server, http = solo
+    admin = token_of(server)
+    bea = http.post("/api/users", json={"name": "bea"}, headers={"Authorization": f"Bearer {admin}"}).json()["token"]
+    hostile = "distren://beta/job/1" + HOSTILE
+    server.store.record_announcement(hostile, "beta", {"job": hostile, "origin": "beta", "backends": ["povray"],
+                                                       "frames": 7, "address": "http://beta.test"}, True)
+    server.store.record_announcement("distren://gamma/job/2", "gamma", {
+        "job": "distren://gamma/job/2", "origin": "gamma", "backends": ["unheard-of"], "frames": 1}, True)
+    sign_in(http, admin)
+    front = http.get("/").text
+    assert "peer's job" in front and str(escape(hostile)) in front and "<script>alert" not in front
+    assert "distren://gamma/job/2" not in front  # this server cannot render it: no help from here
+    sign_in(http, bea)
+    assert "distren://beta/job/1" not in http.get("/").text
+
+
 def test_live_views_are_bounded(solo, monkeypatch):
     server, http = solo
     sign_in(http, token_of(server))
