@@ -11,15 +11,17 @@ The protocol is written down in docs/protocol.md.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from . import backends, urls
-from .errors import Conflict, DistrenError
+from .backoff import Backoff
+from .errors import Conflict, DistrenError, RemoteError, ServerUnreachable
 from .identity import verify
 from .peering import check_address
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("distren.gossip")
 
 SYNC_INTERVAL = 3.0
+RELAYERS = 8  # announcements being pushed at once, each to one peer
+SYNCERS = 8  # peers being pulled from at once
+PUSH_TIMEOUT = 5.0
+STATE_TIMEOUT = 5.0
+PEER_BACKOFF, MAX_PEER_BACKOFF = 3.0, 300.0  # a peer that failed is skipped this long, doubling
 
 
 def announcement_text(ann: dict) -> bytes:
@@ -59,7 +66,10 @@ class Gossip:
         self.after_sync = after_sync
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._relay = ThreadPoolExecutor(max_workers=4, thread_name_prefix="relay")
+        self._relay = ThreadPoolExecutor(max_workers=RELAYERS, thread_name_prefix="relay")
+        self._syncs = ThreadPoolExecutor(max_workers=SYNCERS, thread_name_prefix="sync")
+        self._syncing: dict[str, Future] = {}  # one pull per peer at a time
+        self._peers = Backoff(PEER_BACKOFF, MAX_PEER_BACKOFF)  # peers that did not answer
 
     @property
     def name(self) -> str:
@@ -72,13 +82,14 @@ class Gossip:
     def stop(self) -> None:
         self._stop.set()
         self._relay.shutdown(wait=False, cancel_futures=True)
+        self._syncs.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def add(self, address: str) -> str:
         """``distren peers add``: peer now, and learn the new peer's jobs at once."""
         name = self.peering.introduce(address)
-        self.sync_once()
+        self.sync_once(wait=STATE_TIMEOUT + 1)
         return name
 
     # --- announcements -------------------------------------------------------------------
@@ -98,16 +109,28 @@ class Gossip:
         (``again``: even if it is not news, as after a restart)."""
         ann = self._announcement(job_id, active)
         if self.store.record_announcement(ann["job"], self.name, ann, active) or again:
-            self._relay.submit(self._push, ann, exclude=set())
+            self._push(ann, exclude=set())
 
     def _push(self, ann: dict, exclude: set[str]) -> None:
+        """Send ``ann`` to each peer, each on a relay thread of its own: a peer that does not
+        answer delays no other."""
         for p in self.store.peers():
             if p["name"] in exclude or p["name"] == ann["origin"] and ann["origin"] != self.name:
                 continue
+            if self._peers.waiting(p["name"]):
+                continue  # it failed lately: it catches up by syncing when it is back
             try:
-                self.transport.call("POST", p["address"], "/fed/announce", ann, retries=1, timeout=5, to=p["name"])
-            except DistrenError as e:
-                log.info("could not announce %s to %s (%s); it will catch up by syncing", ann["job"], p["name"], e)
+                self._relay.submit(self._push_one, ann, p["name"], p["address"])
+            except RuntimeError:
+                return  # shutting down
+
+    def _push_one(self, ann: dict, name: str, address: str) -> None:
+        try:
+            self.transport.call("POST", address, "/fed/announce", ann, retries=1, timeout=PUSH_TIMEOUT, to=name)
+        except DistrenError as e:
+            log.info("could not announce %s to %s (%s); it will catch up by syncing", ann["job"], name, e)
+            if isinstance(e, (ServerUnreachable, RemoteError)):
+                self._peers.failed(name)
 
     def receive(self, sender: str, ann: dict) -> bool:
         """An announcement from ``sender`` (maybe relayed). Verify, record, relay if news."""
@@ -133,7 +156,7 @@ class Gossip:
         news = self.store.record_announcement(str(job), origin, {k: v for k, v in ann.items()}, active)
         if news:
             log.info("%s %s (via %s)", "announced" if active else "withdrawn", job, sender)
-            self._relay.submit(self._push, ann, exclude={sender})
+            self._push(ann, exclude={sender})
             self.wake()
         return news
 
@@ -156,29 +179,61 @@ class Gossip:
                 log.exception("sync with peers failed")
             self._stop.wait(SYNC_INTERVAL)
 
-    def sync_once(self) -> None:
-        self._sync_peers()
+    def sync_once(self, wait: float = SYNC_INTERVAL) -> None:
+        """One pass: hellos to the configured peers not known yet, and a pull of each peer's
+        state, all at once on the sync threads. The pass waits at most ``wait`` seconds for
+        them; a peer that takes longer is not asked again until its pull is over."""
+        known = {p["address"] for p in self.store.peers()}
+        pulls = [self._start(f"hello {a}", self._hello, a) for a in self.configured_peers if a not in known]
+        futures = [f for f in pulls if f is not None]
+        concurrent.futures.wait(futures, timeout=wait)
+        pulls = [self._start(p["name"], self._pull, p["name"], p["address"])
+                 for p in self.store.peers() if not self._peers.waiting(p["name"])]
+        concurrent.futures.wait([f for f in pulls if f is not None], timeout=wait)
         self.after_sync()
 
-    def _sync_peers(self) -> None:
-        known = {p["address"] for p in self.store.peers()}
-        for address in self.configured_peers:
-            if address not in known:
-                try:
-                    self.peering.introduce(address)
-                except Conflict as e:
-                    log.error("%s", e)
-                except DistrenError as e:
-                    log.info("peer %s not reachable yet (%s)", address, e)
-        for p in self.store.peers():
+    def _start(self, key: str, fn, *args) -> Future | None:
+        """``fn(*args)`` on a sync thread, unless the last one for ``key`` is still running."""
+        running = self._syncing.get(key)
+        if running is not None and not running.done():
+            return None
+        try:
+            f = self._syncing[key] = self._syncs.submit(fn, *args)
+        except RuntimeError:  # shutting down
+            return None
+        return f
+
+    def _hello(self, address: str) -> None:
+        try:
+            self.peering.introduce(address)
+        except Conflict as e:
+            log.error("%s", e)
+        except DistrenError as e:
+            log.info("peer %s not reachable yet (%s)", address, e)
+
+    def _pull(self, name: str, address: str) -> None:
+        try:
+            st = self.transport.call("GET", address, "/fed/state", retries=0, timeout=STATE_TIMEOUT, to=name).json()
+        except (DistrenError, ValueError) as e:
+            log.debug("sync with %s failed: %s", name, e)
+            self._peers.failed(name)
+            return
+        self._peers.succeeded(name)
+        if not isinstance(st, dict):
+            return
+        self.store.peer_heard(name, _int(st.get("slots")), _strings(st.get("rendering")))
+        for ann in st.get("announcements") or []:
             try:
-                st = self.transport.call("GET", p["address"], "/fed/state", retries=0, timeout=5, to=p["name"]).json()
+                self.receive(name, ann)
             except DistrenError as e:
-                log.debug("sync with %s failed: %s", p["name"], e)
-                continue
-            self.store.peer_heard(p["name"], int(st.get("slots") or 0), list(st.get("rendering") or []))
-            for ann in st.get("announcements", []):
-                try:
-                    self.receive(p["name"], ann)
-                except DistrenError as e:
-                    log.warning("ignored an announcement from %s: %s", p["name"], e)
+                log.warning("ignored an announcement from %s: %s", name, e)
+            except Exception:
+                log.exception("an announcement from %s", name)
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31 else 0
+
+
+def _strings(v) -> list[str]:
+    return [x for x in v if isinstance(x, str)][:1000] if isinstance(v, list) else []

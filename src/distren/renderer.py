@@ -17,11 +17,14 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import backends, bundle, jobfile, states, urls
+from .backoff import Backoff
 from .errors import Conflict, DistrenError, Gone, NotFound, ServerUnreachable, Unauthorized
 
 if TYPE_CHECKING:
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("distren.renderer")
 
 IDLE_JOB_BACKOFF = 1.0
-DOWN_ORIGIN_BACKOFF = 3.0
+DOWN_ORIGIN_BACKOFF = 3.0  # doubled with each failure in a row...
+MAX_ORIGIN_BACKOFF = 300.0  # ...up to this
+ASKERS = 16  # lease questions in flight at once, each to a different origin
 MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
 
 
@@ -52,7 +57,13 @@ class RemoteWork:
     bundle_sha256: str
     expires: float  # on this server's clock
     scene_dir: Path | None = None
-    lost: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)  # the origin took it back
+    done: threading.Event = field(default_factory=threading.Event)  # delivered or given up: stop renewing
+    on_lost: Callable[[], None] | None = None  # set by the slot that renders it: stop the render
+
+    def kill(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
 
     @property
     def frame(self) -> jobfile.Frame:
@@ -78,8 +89,11 @@ class Renderer:
         self.wake = wake
         self._cache = cache
         self._cache_locks: dict[str, threading.Lock] = {}
-        self._backoff: dict[str, float] = {}
-        self._backoff_lock = threading.Lock()
+        self._origins = Backoff(DOWN_ORIGIN_BACKOFF, MAX_ORIGIN_BACKOFF)  # origins that failed to answer
+        self._jobs = Backoff(IDLE_JOB_BACKOFF, IDLE_JOB_BACKOFF)  # jobs with no frame for us just now
+        self._asks: dict[str, Future] = {}
+        self._asks_lock = threading.Lock()
+        self._askers = ThreadPoolExecutor(max_workers=ASKERS, thread_name_prefix="lease")
 
     # --- asking for a lease ----------------------------------------------------------------
 
@@ -90,33 +104,86 @@ class Renderer:
                 seen.setdefault(ann["origin"])
         return list(seen)
 
-    def _backing_off(self, key: str) -> bool:
-        with self._backoff_lock:
-            return self._backoff.get(key, 0) > time.monotonic()
+    def lease_from(self, origin: str, wait: float = 0.0) -> RemoteWork | None:
+        """A frame of ``origin``'s announced jobs, oldest job first, if it has one for us now.
 
-    def _back_off(self, key: str, seconds: float) -> None:
-        with self._backoff_lock:
-            self._backoff[key] = time.monotonic() + seconds
-
-    def lease_from(self, origin: str) -> RemoteWork | None:
-        """Ask ``origin`` for a frame of its announced jobs, oldest job first."""
-        if self._backing_off(origin):
+        The question goes to the origin on an asker thread, never on the slot: the slot waits
+        at most ``wait`` seconds for the answer, then goes on to other origins (an origin that is
+        paused, dead or a tarpit costs a slot that much once, then backs off, longer each time it
+        fails). An answer that comes later waits for the next slot that comes to this origin (it
+        wakes the idle ones). One question per origin at a time."""
+        if self._origins.waiting(origin):
             return None
+        with self._asks_lock:
+            ask = self._asks.get(origin)
+            if ask is None:
+                ask = self._asks[origin] = self._askers.submit(self._ask, origin)
+                ask.add_done_callback(lambda _: self.wake())
+            elif not ask.done():
+                return None  # still asking (a slow origin): no slot waits on it twice
+        try:
+            work = ask.result(timeout=wait)
+        except FutureTimeout:
+            return None
+        with self._asks_lock:
+            if self._asks.get(origin) is not ask:
+                return None  # another slot took this answer
+            del self._asks[origin]
+        if work is not None and work.lost.is_set():  # it waited, renewed, but the origin took it back
+            work.done.set()
+            return None
+        return work
+
+    def stop(self) -> None:
+        self._askers.shutdown(wait=False, cancel_futures=True)
+
+    def _ask(self, origin: str) -> RemoteWork | None:
+        """On an asker thread: a lease from ``origin``, and its scene ready to render."""
+        try:
+            work = self._lease_any(origin)
+        except Exception:
+            log.exception("asking %s for a lease failed", origin)
+            self._origins.failed(origin)
+            return None
+        if work is None:
+            return None
+        # The lease is kept from the moment it is granted, and the scene fetched here, so that a
+        # slot only ever gets work it can render at once.
+        threading.Thread(target=self.keep_lease, args=(work, work.done, work.kill), daemon=True,
+                         name=f"renew-{work.job.server}-{work.job.job_id}-{work.frame.id}").start()
+        try:
+            work.scene_dir = self.scene_for(work)
+        except Exception as e:
+            if not isinstance(e, DistrenError):
+                log.exception("fetching the scene of %s failed", work.job)
+            if not work.lost.is_set():
+                try:
+                    self.report_failure(work, f"fetching the scene failed: {e}", "", retries=2)
+                except DistrenError as e2:
+                    log.warning("could not report the failure of %s/frame/%s: %s", work.job, work.frame.id, e2)
+            work.done.set()
+            self._origins.failed(origin)
+            return None
+        return work
+
+    def _lease_any(self, origin: str) -> RemoteWork | None:
         # Where the origin says it is now (its hello) beats where it was when it announced.
         known = self.known_address(origin)
         for ann in self.store.announcements():
-            if ann["origin"] != origin or self._backing_off(ann["job"]) or not self._can_render(ann):
+            if ann["origin"] != origin or self._jobs.waiting(ann["job"]) or not self._can_render(ann):
                 continue
             job = urls.parse_job(ann["job"])
             address = known or ann["address"]
             try:
                 work = self._lease(address, job)
             except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
+                self._origins.succeeded(origin)
                 self.store.forget_announcement(ann["job"])
                 continue
             except Conflict as e:
+                self._origins.succeeded(origin)
                 log.info("origin %s refused a lease on %s (%s)", origin, job, e)
-                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
+                self._jobs.pause(ann["job"], IDLE_JOB_BACKOFF)
                 continue
             except Unauthorized:
                 try:  # the origin may not know us yet: introduce ourselves, then ask again
@@ -124,14 +191,15 @@ class Renderer:
                     work = self._lease(address, job)
                 except DistrenError as e:
                     log.info("origin %s refused a lease (%s)", origin, e)
-                    self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                    self._origins.failed(origin)
                     return None
             except DistrenError as e:
-                log.info("origin %s unreachable (%s)", origin, e)
-                self._back_off(origin, DOWN_ORIGIN_BACKOFF)
+                log.info("origin %s unreachable (%s); asking again in %.0f s", origin, e,
+                         self._origins.failed(origin))
                 return None
+            self._origins.succeeded(origin)
             if work is None:
-                self._back_off(ann["job"], IDLE_JOB_BACKOFF)
+                self._jobs.pause(ann["job"], IDLE_JOB_BACKOFF)
                 continue
             return work
         return None
@@ -209,9 +277,9 @@ class Renderer:
                             retries=30, to=work.origin)
         self.transport.upload(work.address, work.path + "/result", frame_tar, to=work.origin)
 
-    def report_failure(self, work: RemoteWork, reason: str, log_text: str) -> None:
+    def report_failure(self, work: RemoteWork, reason: str, log_text: str, retries: int = 30) -> None:
         self.transport.call("POST", work.address, work.path + "/failed",
-                            {"reason": reason[:4096], "log": _tail(log_text)}, retries=30, to=work.origin)
+                            {"reason": reason[:4096], "log": _tail(log_text)}, retries=retries, to=work.origin)
 
     # --- dependencies on other servers' frames ---------------------------------------------
 
@@ -224,7 +292,7 @@ class Renderer:
         address = self._address(target.server)
         try:
             return self.transport.call("GET", address, f"/fed/jobs/{target.job_id}/frames/{target.frame_id}",
-                                       retries=retries, timeout=10, to=target.server).json()
+                                       retries=retries, timeout=5, to=target.server).json()
         except NotFound:
             raise NotFound(f"{prefix}{target} does not exist on {target.server}") from None
         except DistrenError as e:
@@ -253,10 +321,15 @@ class Renderer:
     def poll_remote_deps(self) -> None:
         """How the other servers' frames our frames wait for are (on the sync thread)."""
         for dep in self.store.remote_deps_pending():
+            target = urls.parse_frame(dep)
+            if self._origins.waiting(target.server):
+                continue  # it did not answer: one wait per back-off, not one per frame of it
             try:
-                st = self.remote_frame_state(urls.parse_frame(dep), retries=0)
+                st = self.remote_frame_state(target, retries=0)
             except DistrenError as e:
                 log.debug("cannot check %s: %s", dep, e)
+                if isinstance(e, ServerUnreachable):
+                    self._origins.failed(target.server)
                 continue
             state = st.get("state")
             if state == states.DONE:

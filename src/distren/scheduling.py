@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("distren.scheduling")
 
 SHARED_MIN_BYTES = 1 << 20
+LEASE_PATIENCE = 0.5  # seconds a slot waits for an origin's answer to a lease request, once a pass
+DELIVERERS = 8  # finished remote frames being sent back at once
 
 
 class Scheduler:
@@ -60,6 +63,7 @@ class Scheduler:
         self._procs_lock = threading.Lock()
         self._rotation = 0
         self._rotation_lock = threading.Lock()
+        self._deliveries = ThreadPoolExecutor(max_workers=DELIVERERS, thread_name_prefix="deliver")
 
     def start(self) -> None:
         for n in range(self.slots):
@@ -71,6 +75,8 @@ class Scheduler:
         """Stop taking work and kill every render; :meth:`join` waits for the slots."""
         self._stop.set()
         self._wake.set()
+        self._deliveries.shutdown(wait=False, cancel_futures=True)
+        self.renderer.stop()
         with self._procs_lock:
             for proc in self._procs.values():
                 _kill(proc)
@@ -116,16 +122,20 @@ class Scheduler:
     def _next_work(self) -> tuple[int, int] | RemoteWork | None:
         """Round-robin over origins: this server's own queue, then each origin that announced
         work, one frame each in turn. Every origin gets a fair share of our slots, and our
-        own jobs always keep theirs."""
+        own jobs always keep theirs. No origin can hold a slot: a pass waits on a peer at most
+        once, for :data:`LEASE_PATIENCE`; one that is slower is asked in the background and
+        the pass goes on to the next origin."""
         origins = [self.url.name] + self.renderer.origins_with_work()
         with self._rotation_lock:
             start = self._rotation % len(origins)
+        patience = LEASE_PATIENCE
         for k in range(len(origins)):
             origin = origins[(start + k) % len(origins)]
             if origin == self.url.name:
                 work = self.life.claim(str(self.url), types=list(backends.available()))
             else:
-                work = self.renderer.lease_from(origin)
+                work = self.renderer.lease_from(origin, wait=patience)
+                patience = 0.0
             if work is not None:
                 with self._rotation_lock:
                     self._rotation = start + k + 1
@@ -195,12 +205,14 @@ class Scheduler:
             self._frame_failed(job_id, frame_id, e)
 
     def _render_remote(self, work: RemoteWork) -> None:
+        """Render a leased frame (its scene is already here, its lease kept since it was
+        granted); sending it back happens off the slot, which an origin that went quiet since
+        would otherwise hold for as long as the delivery retries."""
         key = (work.job.server, work.job.job_id, work.frame.id)
         out = self.data / "outgoing"
         out.mkdir(exist_ok=True)
         stem = f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
         logpath, frame_tar = out / f"{stem}.log", out / f"{stem}.tar"
-        done = threading.Event()
 
         def lost():
             with self._procs_lock:
@@ -208,23 +220,40 @@ class Scheduler:
             if proc is not None:
                 _kill(proc)
 
-        renewer = threading.Thread(target=self.renderer.keep_lease, args=(work, done, lost), daemon=True)
-        renewer.start()
+        work.on_lost = lost
+        error: Exception | None = None
         try:
-            scene = self.renderer.scene_for(work)
-            self._render_in(key, work.jf, work.frame, scene, logpath, frame_tar)
-            if not work.lost.is_set():
-                self.renderer.deliver(work, frame_tar, _read(logpath))
+            if work.lost.is_set():
+                raise DistrenError("the origin took the lease back")
+            assert work.scene_dir is not None
+            self._render_in(key, work.jf, work.frame, work.scene_dir, logpath, frame_tar)
         except Exception as e:
+            error = e
             if not isinstance(e, DistrenError):
                 log.exception("frame %s/frame/%s: unexpected error", work.job, work.frame.id)
-            if not work.lost.is_set() and not self._stop.is_set():
+        try:
+            self._deliveries.submit(self._send_back, work, error, logpath, frame_tar)
+        except RuntimeError:  # shutting down: the lease runs out and the origin queues the frame again
+            work.done.set()
+
+    def _send_back(self, work: RemoteWork, error: Exception | None, logpath: Path, frame_tar: Path) -> None:
+        try:
+            if work.lost.is_set():
+                return
+            if error is None:
                 try:
-                    self.renderer.report_failure(work, str(e), _read(logpath))
-                except DistrenError as e2:
-                    log.warning("could not report the failure of %s/frame/%s: %s", work.job, work.frame.id, e2)
+                    self.renderer.deliver(work, frame_tar, _read(logpath))
+                    return
+                except Exception as e:
+                    error = e
+            if not self._stop.is_set():
+                self.renderer.report_failure(work, str(error), _read(logpath))
+        except DistrenError as e:
+            log.warning("could not report the failure of %s/frame/%s: %s", work.job, work.frame.id, e)
+        except Exception:
+            log.exception("sending back %s/frame/%s failed", work.job, work.frame.id)
         finally:
-            done.set()
+            work.done.set()
             logpath.unlink(missing_ok=True)
             frame_tar.unlink(missing_ok=True)
 

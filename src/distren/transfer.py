@@ -22,6 +22,10 @@ from .identity import EMPTY_SHA256, Identity
 
 log = logging.getLogger("distren.transfer")
 CHUNK = 1 << 20
+# A peer that does not even accept the connection in this time is down (or filtered): whoever
+# dials it goes on to other work at once. Reads keep the longer timeout of each call.
+CONNECT_TIMEOUT = 3.0
+STREAM_READ_TIMEOUT = 15.0  # silence in the middle of a download or upload
 
 
 def _raise_for(resp: httpx.Response, what: str) -> None:
@@ -32,7 +36,7 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
 class Transport:
     def __init__(self, identity: Identity, timeout: float = 30.0):
         self.identity = identity
-        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=64))
+        self.http = httpx.Client(timeout=_timeout(timeout), limits=httpx.Limits(max_connections=64))
 
     def close(self) -> None:
         self.http.close()
@@ -66,7 +70,7 @@ class Transport:
             if data:
                 headers["Content-Type"] = "application/json"
             return self.http.request(method, base + path, content=data, headers=headers,
-                                     timeout=timeout or self.http.timeout)
+                                     timeout=_timeout(timeout) if timeout else self.http.timeout)
 
         resp = self._retrying(f"{method} {base}{path}", attempt, retries)
         _raise_for(resp, f"{method} {base}{path}")
@@ -81,7 +85,8 @@ class Transport:
             headers["X-Content-SHA256"] = digest
             headers["Content-Type"] = "application/x-tar"
             with open(src, "rb") as f:
-                return self.http.put(base + path, content=_chunks(f), headers=headers)
+                return self.http.put(base + path, content=_chunks(f), headers=headers,
+                                     timeout=_timeout(STREAM_READ_TIMEOUT))
 
         resp = self._retrying(f"upload to {base}{path}", attempt, retries)
         _raise_for(resp, f"upload to {base}{path}")
@@ -95,7 +100,8 @@ class Transport:
         for n in range(retries + 1):
             try:
                 headers = self.identity.sign_request("GET", path, to=to)
-                with self.http.stream("GET", base + path, headers=headers) as resp:
+                with self.http.stream("GET", base + path, headers=headers,
+                                      timeout=_timeout(STREAM_READ_TIMEOUT)) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         _raise_for(resp, what)
@@ -113,6 +119,11 @@ class Transport:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+
+def _timeout(seconds: float) -> httpx.Timeout:
+    """``seconds`` for reads, writes and a free connection; the short :data:`CONNECT_TIMEOUT` to connect."""
+    return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT))
 
 
 def _chunks(f) -> Iterator[bytes]:
