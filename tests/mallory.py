@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -143,3 +144,34 @@ class Mallory:
                "active": active, **extra}
         ann["signature"] = self.id.sign(announcement_text(ann))
         return ann
+
+
+class Tarpit:
+    """An address that accepts TCP connections and never answers, holding each one open: what a
+    hung server looks like from outside (Mallory announces fake origins there). ``accepted``
+    counts the connections made to it."""
+
+    def __init__(self):
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self.address = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        for c in self._held:
+            c.close()
