@@ -116,7 +116,7 @@ class Peer:
                              timeout=120)
 
     def lease(self, job: int) -> int:
-        r = self.call("POST", f"/fed/jobs/{job}/lease")
+        r = self.call("POST", f"/fed/jobs/{job}/lease?slots=2")  # it says it has two slots: two leases
         assert r.status_code == 200, r.text
         return int(r.content.split(b"/frame/")[1].split(b'"')[0])
 

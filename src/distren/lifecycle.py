@@ -173,36 +173,94 @@ class Lifecycle:
               types: Collection[str] | None = None) -> tuple[int, int] | None:
         """Take the oldest ready frame (of ``job_id`` if given, not one in ``skip``; of a job of
         one of ``types`` if given) for ``server``: a local slot (no lease) or another server
-        (leased until ``lease_expires``). ``nonce`` (the lease request's, with its expiry) is
-        recorded in the same transaction."""
+        (leased until ``lease_expires``; :meth:`lease` is the origin's, with its limits).
+        ``nonce`` (the request's, with its expiry) is recorded in the same transaction."""
         with self._tx() as t:
             if nonce is not None and not self.store.record_nonce(t.db, *nonce):
                 raise Replayed("replayed request (nonce already used)")
-            found = self.store.next_queued(t.db, job_id, skip, types)
-            if found is None:
-                return None
-            job_id, frame_id, job_state = found
-            # The hot path of every lease: the frame was selected as queued, so queued ->
-            # rendering is the move; one UPDATE, one event, and the job only when it changes.
-            reason = f"rendering on {server}"
-            self.store.set_frame(t.db, job_id, frame_id, QUEUED, RENDERING, reason, t.now,
-                                 server=server, started=t.now, lease_expires=lease_expires)
-            t.changes.append(Change(job_id, frame_id, QUEUED, RENDERING, reason))
-            if job_state == QUEUED:
-                self._job_to(t, job_id, RENDERING, f"frame {frame_id} started {reason}", old=QUEUED)
+            return self._claim(t, server, job_id, skip, types, lease_expires=lease_expires)
+
+    def _claim(self, t: _Tx, server: str, job_id: int | None, skip: Collection[int],
+               types: Collection[str] | None = None, **cols) -> tuple[int, int] | None:
+        found = self.store.next_queued(t.db, job_id, skip, types)
+        if found is None:
+            return None
+        job_id, frame_id, job_state = found
+        # The hot path of every lease: the frame was selected as queued, so queued ->
+        # rendering is the move; one UPDATE, one event, and the job only when it changes.
+        reason = f"rendering on {server}"
+        self.store.set_frame(t.db, job_id, frame_id, QUEUED, RENDERING, reason, t.now,
+                             server=server, started=t.now, **cols)
+        t.changes.append(Change(job_id, frame_id, QUEUED, RENDERING, reason))
+        if job_state == QUEUED:
+            self._job_to(t, job_id, RENDERING, f"frame {frame_id} started {reason}", old=QUEUED)
         return job_id, frame_id
 
-    def renew(self, job_id: int, frame_id: int, server: str, expires: float) -> None:
+    def lease(self, server: str, job_id: int, expires: float, nonce: tuple[str, float] | None = None,
+              skip: Collection[int] = (), slots: int = 1, request: str | None = None) -> tuple[int, int] | None:
+        """Lease a ready frame of ``job_id`` (not one in ``skip``) to another ``server`` until
+        ``expires``, in one transaction with the request's ``nonce``. ``request``: the
+        renderer's id for this request; asked again (its answer was lost), the frame it got is
+        leased again, nothing new. A server holds at most ``slots`` leases of this server's
+        jobs, gets none of a job it is block-listed for, and gets frames it failed or let run
+        out only when nothing else is ready."""
+        with self._tx() as t:
+            if nonce is not None and not self.store.record_nonce(t.db, *nonce):
+                raise Replayed("replayed request (nonce already used)")
+            if request is not None:
+                again = self.store.leased_for_request(t.db, job_id, server, request)
+                if again is not None:
+                    self.store.set_lease(t.db, job_id, again, expires)
+                    return job_id, again
+            blocked = self.store.blocked_reason(t.db, job_id, server)
+            if blocked is not None:
+                raise Conflict(f"{server} is block-listed for job {job_id}: {blocked}")
+            held = self.store.leases_held(t.db, server)
+            if held >= slots:
+                raise Conflict(f"{server} holds {held} lease(s) here already, as many as its {slots} slot(s); "
+                               "deliver or give one back first")
+            cols = {"lease_expires": expires, "lease_request": request}
+            failed = self.store.failed_frames(t.db, job_id, server)
+            got = self._claim(t, server, job_id, [*skip, *failed], **cols) if failed else None
+            return got or self._claim(t, server, job_id, skip, **cols)
+
+    def renew(self, job_id: int, frame_id: int, server: str, expires: float,
+              frame_timeout: float = float("inf"), slots: int = 1) -> float:
+        """Extend ``server``'s lease to ``expires``, never past ``frame_timeout`` seconds from the
+        frame's start. A lease that ran out on a frame nobody took since is given back (its
+        render may still be useful), within the server's slots and unless it is block-listed.
+        Returns the expiry granted."""
         with self._tx() as t:
             row = self.store.frame_in(t.db, job_id, frame_id)
-            if row.state != RENDERING or row.server != server:
-                raise Conflict(f"frame {frame_id} of job {job_id} is not leased to {server}")
+            what = f"frame {frame_id} of job {job_id}"
+            if row.state == QUEUED and self.store.ran_out_on(t.db, job_id, frame_id, server):
+                if self.store.blocked_reason(t.db, job_id, server) is not None \
+                        or self.store.leases_held(t.db, server) >= slots:
+                    raise Conflict(f"{what} is not leased to {server} (its lease ran out)")
+                self._frame_to(t, job_id, frame_id, RENDERING, f"rendering on {server} again: it renewed "
+                               "its lease after it ran out, and nobody had taken the frame", expect=QUEUED,
+                               server=server)
+            elif row.state != RENDERING or row.server != server:
+                raise Conflict(f"{what} is not leased to {server}")
+            deadline = (row.started or t.now) + frame_timeout
+            if t.now >= deadline:
+                raise Conflict(f"{what} has been leased to {server} for longer than the frame timeout "
+                               f"({frame_timeout:g} s); the lease is not renewed")
+            expires = min(expires, deadline)
             self.store.set_lease(t.db, job_id, frame_id, expires)
+            return expires
 
     def finish(self, job_id: int, frame_id: int, server: str, files: list[dict]) -> bool:
         """``server``, which holds the frame, rendered it. True when it was the job's last frame.
-        For a job cancelled meanwhile the render is discarded and the frame goes back."""
+        For a job cancelled meanwhile the render is discarded and the frame goes back. A late
+        result (the lease ran out, the frame is queued and nobody took it) is taken too, and
+        the lease that ran out no longer counts against its renderer."""
         with self._tx() as t:
+            row = self.store.frame_in(t.db, job_id, frame_id)
+            if row.state == QUEUED and self.store.ran_out_on(t.db, job_id, frame_id, server):
+                self._frame_to(t, job_id, frame_id, RENDERING, f"late result from {server}", expect=QUEUED,
+                               server=server)
+                self.store.forgive_expiry(t.db, job_id, frame_id, server)
             if self.store.job_state(t.db, job_id) == CANCELLED:
                 self._frame_to(t, job_id, frame_id, QUEUED, "job cancelled; the render was discarded",
                                expect=RENDERING, holder=server, server=None, lease_expires=None)
@@ -214,32 +272,52 @@ class Lifecycle:
             return not self.store.unfinished_frames(t.db, job_id)
 
     def render_failed(self, job_id: int, frame_id: int, server: str, reason: str, max_attempts: int,
-                      final: bool = False) -> str:
+                      final: bool = False, blocklist_threshold: int | None = None) -> str:
         """``server``, which holds the frame, could not render it: retry it, or, after
         ``max_attempts`` failed renders (or at once if ``final``), fail it. Returns the state
-        the frame is in now."""
+        the frame is in now. ``blocklist_threshold``: ``server`` is another server, block-listed
+        for the job once it has failed or let run out that many of its frames."""
         with self._tx() as t:
-            row = self.store.frame_in(t.db, job_id, frame_id)
-            if row.state != RENDERING:  # the table allows failed from rendering only
-                states.check_frame(row.state, FAILED, f"frame {frame_id} of job {job_id}")
-            if self.store.job_state(t.db, job_id) == CANCELLED:
-                self._frame_to(t, job_id, frame_id, QUEUED, "job cancelled while rendering",
-                               expect=RENDERING, holder=server, server=None, lease_expires=None)
-                return QUEUED
-            n = row.attempts + 1
-            if n < max_attempts and not final:
-                why = f"attempt {n} on {server} failed: {reason}; retrying"
-                self._frame_to(t, job_id, frame_id, QUEUED, why, expect=RENDERING, holder=server,
-                               attempts=n, server=None, lease_expires=None)
-                self._follow(t, job_id, f"frame {frame_id}: {why}")
-                return QUEUED
-            why = f"{reason} (on {server})"
-            self._frame_to(t, job_id, frame_id, FAILED, why, holder=server, attempts=n, finished=t.now,
-                           lease_expires=None)
-            url = self.store.frame_url(job_id, frame_id)
-            self._dep_target_is(t, url, "stuck", f"{url} failed: {why}")
-            self._follow(t, job_id, f"frame {frame_id} failed: {why}")
-            return FAILED
+            cancelled = self.store.job_state(t.db, job_id) == CANCELLED
+            state = self._render_failed(t, job_id, frame_id, server, reason, max_attempts, final)
+            if blocklist_threshold is not None and not cancelled:
+                self._count_failure(t, job_id, frame_id, server, "failed", blocklist_threshold)
+            return state
+
+    def _count_failure(self, t: _Tx, job_id: int, frame_id: int, server: str, why: str, threshold: int) -> None:
+        n = self.store.record_lease_failure(t.db, job_id, frame_id, server, why, t.now)
+        if n < threshold:
+            return
+        reason = (f"{server} block-listed for this job: it failed or let run out {n} of its frames "
+                  f"(the threshold is {threshold}); it gets none of them again")
+        state = self.store.job_state(t.db, job_id)
+        if self.store.block(t.db, job_id, server, reason, t.now):
+            self.store.add_event(t.db, t.now, job_id, None, state, state, reason)
+            t.changes.append(Change(job_id, None, state, state, reason))
+
+    def _render_failed(self, t: _Tx, job_id: int, frame_id: int, server: str, reason: str, max_attempts: int,
+                       final: bool) -> str:
+        row = self.store.frame_in(t.db, job_id, frame_id)
+        if row.state != RENDERING:  # the table allows failed from rendering only
+            states.check_frame(row.state, FAILED, f"frame {frame_id} of job {job_id}")
+        if self.store.job_state(t.db, job_id) == CANCELLED:
+            self._frame_to(t, job_id, frame_id, QUEUED, "job cancelled while rendering",
+                           expect=RENDERING, holder=server, server=None, lease_expires=None)
+            return QUEUED
+        n = row.attempts + 1
+        if n < max_attempts and not final:
+            why = f"attempt {n} on {server} failed: {reason}; retrying"
+            self._frame_to(t, job_id, frame_id, QUEUED, why, expect=RENDERING, holder=server,
+                           attempts=n, server=None, lease_expires=None)
+            self._follow(t, job_id, f"frame {frame_id}: {why}")
+            return QUEUED
+        why = f"{reason} (on {server})"
+        self._frame_to(t, job_id, frame_id, FAILED, why, holder=server, attempts=n, finished=t.now,
+                       lease_expires=None)
+        url = self.store.frame_url(job_id, frame_id)
+        self._dep_target_is(t, url, "stuck", f"{url} failed: {why}")
+        self._follow(t, job_id, f"frame {frame_id} failed: {why}")
+        return FAILED
 
     def release(self, job_id: int, frame_id: int, server: str, reason: str) -> None:
         """``server`` gives a frame it holds back unrendered (it shut down): no attempt used."""
@@ -249,7 +327,8 @@ class Lifecycle:
             self._follow(t, job_id, f"frame {frame_id}: {reason}")
 
     def retry(self, job_id: int, frame_id: int, by: str) -> None:
-        """A user's second chance for a failed frame: its attempts start again."""
+        """A user's second chance for a failed frame: its attempts start again, and the job's
+        block-list is cleared (its renderers may have failed for the job's own fault)."""
         with self._tx() as t:
             if self.store.job_state(t.db, job_id) == CANCELLED:
                 raise Conflict(f"job {job_id} is cancelled; submit it again instead")
@@ -257,6 +336,9 @@ class Lifecycle:
             if stuck:
                 raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
             self._frame_to(t, job_id, frame_id, QUEUED, f"retried by {by}", expect=FAILED, attempts=0, server=None)
+            if self.store.clear_blocklist(t.db, job_id):  # the failures may have been the job's own
+                state = self.store.job_state(t.db, job_id)
+                self.store.add_event(t.db, t.now, job_id, None, state, state, f"block-list cleared: retried by {by}")
             self._dep_target_is(t, self.store.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
             self._follow(t, job_id, f"frame {frame_id} retried by {by}")
 
@@ -267,13 +349,18 @@ class Lifecycle:
 
     # --- leases and restarts ----------------------------------------------------------------
 
-    def expire_leases(self, now: float | None = None) -> list[tuple[int, int, str]]:
+    def expire_leases(self, now: float | None = None, blocklist_threshold: int | None = None
+                      ) -> list[tuple[int, int, str]]:
         """Leases that ran out: the frame is ready again for any server. No attempt is used:
-        the renderer may simply have gone away."""
+        the renderer may simply have gone away. Each counts against its renderer towards the
+        ``blocklist_threshold`` of the job."""
         with self._tx() as t:
             rows = self.store.rendering_frames(t.db, lease_before=t.now if now is None else now)
             self._requeue_all(t, rows, lambda s: f"the lease of {s} ran out before it delivered the frame",
                               lambda f: f"frame {f} lease ran out")
+            if blocklist_threshold is not None:
+                for job_id, frame_id, server in rows:
+                    self._count_failure(t, job_id, frame_id, server, "expired", blocklist_threshold)
         return rows
 
     def extend_leases(self, until: float) -> None:

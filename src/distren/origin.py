@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import backends, bundle, jobfile, states, uploads, urls
-from .errors import Conflict, Gone
+from .errors import Conflict, DistrenError, Forbidden, Gone
 from .fsutil import sha256_file
 
 if TYPE_CHECKING:
@@ -37,18 +38,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("distren.origin")
 
 
+MAX_SLOTS = 1024  # what a renderer may say it has; more is a lie, or not one server
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class Origin:
     def __init__(self, url: urls.ServerURL, store: Store, life: Lifecycle, jobfiles: JobFiles,
                  lease_timeout: float, max_attempts: int, limits: Limits, max_result_bytes: int,
-                 rebundle: Callable[[int], None]):
-        """``limits``: what checking an upload's images in the sandbox may use;
-        ``rebundle(job_id)``: collect a job whose last frame is done into its result."""
+                 rebundle: Callable[[int], None], blocklist_threshold: int = 3,
+                 vouched: Callable[[urls.FrameURL, str, urls.FrameURL], bool] = lambda *a: False):
+        """``limits``: what checking an upload's images in the sandbox may use, and, its wall
+        time, how long a frame may stay leased; ``rebundle(job_id)``: collect a job whose last
+        frame is done into its result; ``blocklist_threshold``: frames of a job a renderer may
+        fail or let run out before it gets none of them; ``vouched(frame, server, dep)``: does
+        ``frame``'s origin say that ``server`` renders it and that it depends on ``dep``."""
         self.url = url
         self.store = store
         self.life = life
         self.jobfiles = jobfiles
         self.lease_timeout = lease_timeout
         self.max_attempts = max_attempts
+        self.blocklist_threshold = blocklist_threshold
+        self.vouched = vouched
         self.limits = limits
         self.max_result_bytes = max_result_bytes
         self.rebundle = rebundle
@@ -73,7 +84,7 @@ class Origin:
         while not self._stop.wait(0.5):
             try:
                 now = time.time()
-                for job_id, frame_id, who in self.life.expire_leases(now):
+                for job_id, frame_id, who in self.life.expire_leases(now, self.blocklist_threshold):
                     log.info("lease of %s on frame %s of job %s ran out", who, frame_id, job_id)
                 if now - last_purge > 60:
                     self.store.purge_nonces(now)
@@ -91,16 +102,32 @@ class Origin:
             raise Gone(f"{self.url.job(job_id)} is {job.state}")
         return job
 
+    def _slots_of(self, sender: str, stated: str | None = None) -> int:
+        """How many leases ``sender`` may hold here: the slots it states in its ``/fed/state``
+        (synced), else in its lease request, else one."""
+        known = self.store.peer_slots(sender)
+        if known is None and stated is not None:
+            try:
+                known = int(stated)
+            except ValueError:
+                raise DistrenError(f"malformed lease request: slots={stated[:20]!r} is not a number") from None
+        return max(0, min(MAX_SLOTS, 1 if known is None else known))
+
     def grant_lease(self, sender: str, job_id: int, nonce: tuple[str, float] | None = None,
-                    can: set[str] | None = None) -> tuple[bytes, str, float] | None:
-        """A frame of ``job_id`` for ``sender``, of one of the backends it ``can`` render."""
-        expires = time.time() + self.lease_timeout
+                    can: set[str] | None = None, request: str | None = None,
+                    slots: str | None = None) -> tuple[bytes, str, float] | None:
+        """A frame of ``job_id`` for ``sender``, of one of the backends it ``can`` render.
+        ``request``: the renderer's id for this request (asked again, the same frame);
+        ``slots``: what the request says the renderer has (its synced state wins)."""
+        if request is not None and not REQUEST_ID.fullmatch(request):
+            raise DistrenError("malformed lease request: request= must be 1 to 64 letters, digits, '-' or '_'")
+        expires = time.time() + min(self.lease_timeout, self.limits.wall)
         renderer = str(urls.ServerURL(sender))
         by_backend = self.jobfiles.by_backend(job_id)
         skip = [fid for b, ids in by_backend.items() if can is not None and b not in can for fid in ids]
         claim = None
         if can is None or can & by_backend.keys():
-            claim = self.life.claim(renderer, job_id, lease_expires=expires, nonce=nonce, skip=skip)
+            claim = self.life.lease(renderer, job_id, expires, nonce, skip, self._slots_of(sender, slots), request)
         if claim is None:
             self.own_job(job_id)  # gone or unknown: say so; otherwise nothing is ready
             return None
@@ -108,29 +135,40 @@ class Origin:
         return (jobfile.lease_xml(jf, replace(frames[claim[1]], server=renderer)),
                 self.jobfiles.bundle_sha256(job_id), expires)
 
-    def bundle(self, job_id: int) -> tuple[Path, str]:
-        """A job's bundle for a renderer to fetch, and its hash; only while it takes work."""
+    def _need_to_know(self, sender: str, job_id: int, what: str) -> None:
+        if not self.store.holds_lease(job_id, str(urls.ServerURL(sender))):
+            raise Forbidden(f"need to know: {sender} holds no lease on {self.url.job(job_id)}, and {what} goes "
+                            "only to servers rendering its frames; ask for a lease first")
+
+    def bundle(self, sender: str, job_id: int) -> tuple[Path, str]:
+        """A job's bundle for a renderer that holds a lease on it, and its hash; only while
+        the job takes work."""
         self.own_job(job_id)
+        self._need_to_know(sender, job_id, "its scene")
         return self.store.seed_path(job_id), self.jobfiles.bundle_sha256(job_id)
 
-    def _leased_to(self, sender: str, job_id: int, frame_id: int):
+    def _leased_to(self, sender: str, job_id: int, frame_id: int, late: bool = False):
+        """The frame, if ``sender`` holds it (or, ``late``, held it on a lease that ran out and
+        nobody holds it now: its result is still worth taking)."""
         row = self.store.frame(job_id, frame_id)
-        if row.state != states.RENDERING or row.server != str(urls.ServerURL(sender)):
-            raise Conflict(f"frame {frame_id} of {self.url.job(job_id)} is not leased to {sender} "
-                           f"(it is {row.state}{' on ' + row.server if row.server else ''})")
-        return row
+        renderer = str(urls.ServerURL(sender))
+        if row.state == states.RENDERING and row.server == renderer:
+            return row
+        if late and row.state == states.QUEUED and self.store.lease_ran_out(job_id, frame_id, renderer):
+            return row
+        raise Conflict(f"frame {frame_id} of {self.url.job(job_id)} is not leased to {sender} "
+                       f"(it is {row.state}{' on ' + row.server if row.server else ''})")
 
     def leased_to_or_done(self, sender: str, job_id: int, frame_id: int) -> None:
         """Refuse an upload early unless it could be accepted (or is a harmless duplicate)."""
         if self.store.frame(job_id, frame_id).state != states.DONE:
             self.own_job(job_id)
-            self._leased_to(sender, job_id, frame_id)
+            self._leased_to(sender, job_id, frame_id, late=True)
 
     def renew(self, sender: str, job_id: int, frame_id: int) -> float:
         self.own_job(job_id)
-        expires = time.time() + self.lease_timeout
-        self.life.renew(job_id, frame_id, str(urls.ServerURL(sender)), expires)
-        return expires
+        return self.life.renew(job_id, frame_id, str(urls.ServerURL(sender)), time.time() + self.lease_timeout,
+                               self.limits.wall, self._slots_of(sender))
 
     # --- what renderers send back ----------------------------------------------------------
 
@@ -142,7 +180,7 @@ class Origin:
 
     def accept_log(self, sender: str, job_id: int, frame_id: int, text: str) -> None:
         self.own_job(job_id)
-        self._leased_to(sender, job_id, frame_id)
+        self._leased_to(sender, job_id, frame_id, late=True)
         self._append_log(job_id, frame_id, f"==== distren: log from {sender}\n{text}")
 
     def accept_failure(self, sender: str, job_id: int, frame_id: int, reason: str, text: str) -> None:
@@ -150,7 +188,8 @@ class Origin:
         self._leased_to(sender, job_id, frame_id)
         self._append_log(job_id, frame_id, f"==== distren: failed on {sender}\n{text}")
         # Checked again, with the decision, in one transaction: the lease may run out meanwhile.
-        self.life.render_failed(job_id, frame_id, str(urls.ServerURL(sender)), reason, self.max_attempts)
+        self.life.render_failed(job_id, frame_id, str(urls.ServerURL(sender)), reason, self.max_attempts,
+                                blocklist_threshold=self.blocklist_threshold)
 
     def accept_result(self, sender: str, job_id: int, frame_id: int, tar: Path) -> str:
         """Check an uploaded frame tarball and mark the frame done. Idempotent: a frame that is
@@ -160,7 +199,7 @@ class Origin:
         if row.state == states.DONE:
             return "already done"
         self.own_job(job_id)  # a cancelled job takes no more results
-        self._leased_to(sender, job_id, frame_id)
+        self._leased_to(sender, job_id, frame_id, late=True)
         jf, frames = self.jobfiles.get(job_id)
         frame = frames[frame_id]
         expected = backends.get(frame.backend(jf.type)).expected_files(jf, frame, self.store.scene_dir(job_id))
@@ -174,7 +213,7 @@ class Origin:
                 row = self.store.frame(job_id, frame_id)
                 if row.state == states.DONE:
                     return "already done"
-                self._leased_to(sender, job_id, frame_id)
+                self._leased_to(sender, job_id, frame_id, late=True)
                 dest = self.store.frame_tar(job_id, frame_id)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(kept, dest)
@@ -188,10 +227,13 @@ class Origin:
     # --- our frames, for other servers' frames that depend on them --------------------------
 
     def frame_state(self, job_id: int, frame_id: int) -> dict:
+        """What a dependent needs to know of one of our frames: whether it is done (and its
+        tarball's hash), or stuck and why; not who renders it, nor a running frame's story."""
         job = self.store.get_job(job_id)
         row = self.store.frame(job_id, frame_id)
-        out = {"url": self.store.frame_url(job_id, frame_id), "state": row.state, "reason": row.reason,
-               "job_state": job.state, "server": row.server}
+        stuck = row.state in (states.FAILED, states.BLOCKED) or job.state == states.CANCELLED
+        out = {"url": self.store.frame_url(job_id, frame_id), "state": row.state,
+               "reason": row.reason if stuck else "", "job_state": job.state}
         if row.state == states.DONE:  # a done frame never changes: hash its tarball once
             key = (job_id, frame_id)
             if key not in self._frame_sha:
@@ -199,7 +241,36 @@ class Origin:
             out["sha256"] = self._frame_sha[key]
         return out
 
-    def frame_files(self, job_id: int, frame_id: int) -> Path:
+    def frame_files(self, sender: str, job_id: int, frame_id: int, for_frame: urls.FrameURL | None = None) -> Path:
+        """A done frame's files, for a server that holds a lease on its job, or that renders
+        ``for_frame``, a frame depending on it, as ``for_frame``'s origin vouches."""
         if self.store.frame(job_id, frame_id).state != states.DONE:
             raise Conflict(f"frame {frame_id} of job {job_id} is not done")
+        me = urls.FrameURL(self.url.name, job_id, frame_id)
+        if for_frame is None or self.store.holds_lease(job_id, str(urls.ServerURL(sender))):
+            self._need_to_know(sender, job_id, "its frames' files")
+        elif not self._vouched(for_frame, sender, me):
+            raise Forbidden(f"need to know: {for_frame.server} does not say that {sender} renders "
+                            f"{for_frame}, or that it depends on {me}")
         return self.store.frame_tar(job_id, frame_id)
+
+    def _vouched(self, dependent: urls.FrameURL, sender: str, me: urls.FrameURL) -> bool:
+        if dependent.server != self.url.name:
+            return self.vouched(dependent, sender, me)
+        try:  # a frame of another of our own jobs
+            self.vouch(dependent.job_id, dependent.frame_id, sender, me)
+            return True
+        except DistrenError:
+            return False
+
+    def vouch(self, job_id: int, frame_id: int, server: str, dep: urls.FrameURL) -> dict:
+        """An origin asks: does our frame depend on ``dep`` (its frame), and does ``server``
+        render it now? (``server`` then may read ``dep``'s files there.)"""
+        row = self.store.frame(job_id, frame_id)
+        jf, frames = self.jobfiles.get(job_id)
+        deps = {urls.resolve_frame(d, jf.job_url) for d in frames[frame_id].deps}
+        if dep not in deps:
+            raise Forbidden(f"{self.url.job(job_id)}/frame/{frame_id} does not depend on {dep}")
+        if row.state != states.RENDERING or row.server != str(urls.ServerURL(server)):
+            raise Forbidden(f"{self.url.job(job_id)}/frame/{frame_id} is not rendering on {server[:100]}")
+        return {"vouched": True}

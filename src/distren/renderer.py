@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -77,10 +78,12 @@ class RemoteWork:
 class Renderer:
     def __init__(self, name: str, store: Store, life: Lifecycle, transport: Transport, cache: Path,
                  known_address: Callable[[str], str | None], introduce: Callable[[str], str],
-                 wake: Callable[[], None]):
+                 wake: Callable[[], None], slots: int = 1):
         """``known_address``: where a peer says it is now; ``introduce``: say hello to an
-        address (an origin that does not know us yet); ``wake``: a dependency is done."""
+        address (an origin that does not know us yet); ``wake``: a dependency is done;
+        ``slots``: ours, which cap the leases an origin grants us."""
         self.name = name
+        self.slots = slots
         self.store = store
         self.life = life
         self.transport = transport
@@ -210,16 +213,19 @@ class Renderer:
         return isinstance(needs, list) and any(b in backends.available() for b in needs)
 
     def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
-        # What this server can render goes with the request (signed, in the query): the origin
-        # grants only frames of those backends.
+        # What this server can render and its slots go with the request (signed, in the query):
+        # the origin grants only frames of those backends, and at most that many. The request
+        # id makes asking again safe: a retry whose first answer was lost gets the same frame.
+        sha = self._announced_bundle(job)
         can = ",".join(backends.available())
-        resp = self.transport.call("POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}", retries=0,
-                                   timeout=10, to=job.server)
+        resp = self.transport.call(
+            "POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots}&request={secrets.token_hex(16)}",
+            retries=2, timeout=10, to=job.server)
         if resp.status_code == 204:
             return None
         jf = jobfile.loads(resp.content)
-        sha, expires = resp.headers.get("X-Distren-Bundle-SHA256"), resp.headers.get("X-Distren-Lease-Expires")
-        if jf.name != str(job) or len(jf.frames) != 1 or not sha or not expires:
+        expires = resp.headers.get("X-Distren-Lease-Expires")
+        if jf.name != str(job) or len(jf.frames) != 1 or not expires:
             raise DistrenError(f"{address} answered a lease for {job} with something else than one frame of it")
         try:  # the lease's length by the origin's clock, turned into an expiry on ours
             now = resp.headers.get("X-Distren-Now")
@@ -227,6 +233,14 @@ class Renderer:
         except ValueError:
             raise DistrenError(f"{address} answered a lease with a malformed expiry {expires!r}") from None
         return RemoteWork(job.server, address, job, jf, sha, time.time() + granted)
+
+    def _announced_bundle(self, job: urls.JobURL) -> str:
+        """The bundle's hash as the origin signed it in its announcement (the lease answer's
+        header is not signed, so it is not what a downloaded scene is checked against)."""
+        for ann in self.store.announcements():
+            if ann.get("job") == str(job) and isinstance(ann.get("bundle_sha256"), str):
+                return ann["bundle_sha256"]
+        raise DistrenError(f"no signed announcement of {job} here: its scene cannot be checked")
 
     # --- while rendering -------------------------------------------------------------------
 
@@ -304,19 +318,37 @@ class Renderer:
             raise NotFound(f"no known server {name!r}")
         return address
 
-    def fetch_frame_files(self, target: urls.FrameURL) -> Path:
+    def fetch_frame_files(self, target: urls.FrameURL, for_frame: urls.FrameURL | None = None) -> Path:
         """A finished frame's tarball from the server that holds it; cached (a done frame never
-        changes and ids are never reused, so its URL names its content for good)."""
+        changes and ids are never reused, so its URL names its content for good). ``for_frame``:
+        the frame depending on it that we render, which its origin vouches for (need to know)."""
         path = self._cache / "frames" / target.server / f"{target.job_id}-{target.frame_id}.tar"
+        query = "" if for_frame is None else (f"?for_server={for_frame.server}&for_job={for_frame.job_id}"
+                                              f"&for_frame={for_frame.frame_id}")
         with self._cache_locks.setdefault(str(target), threading.Lock()):
             if not path.exists():
                 state = self.remote_frame_state(target)
                 if state.get("state") != states.DONE:
                     raise DistrenError(f"dependency {target} is {state.get('state')}, not done")
                 self.transport.download(self._address(target.server),
-                                        f"/fed/jobs/{target.job_id}/frames/{target.frame_id}/files", path,
+                                        f"/fed/jobs/{target.job_id}/frames/{target.frame_id}/files{query}", path,
                                         state.get("sha256"), to=target.server)
         return path
+
+    def vouched(self, dependent: urls.FrameURL, server: str, dep: urls.FrameURL) -> bool:
+        """Ask ``dependent``'s origin whether ``server`` renders it and it depends on ``dep``
+        (a frame of ours), so that ``server`` may read ``dep``'s files here."""
+        address = self.known_address(dependent.server)
+        if address is None:
+            return False
+        try:
+            self.transport.call("GET", address, f"/fed/jobs/{dependent.job_id}/frames/{dependent.frame_id}/vouch"
+                                f"?server={server}&job={dep.job_id}&frame={dep.frame_id}", retries=0, timeout=5,
+                                to=dependent.server)
+            return True
+        except DistrenError as e:
+            log.info("%s does not vouch for %s reading %s: %s", dependent.server, server, dep, e)
+            return False
 
     def poll_remote_deps(self) -> None:
         """How the other servers' frames our frames wait for are (on the sync thread)."""

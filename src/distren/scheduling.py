@@ -185,7 +185,8 @@ class Scheduler:
                 if self.store.frame(target.job_id, target.frame_id).state != states.DONE or not tar.exists():
                     raise RenderError(f"dependency {target} is not done yet")
             else:
-                tar = self.renderer.fetch_frame_files(target)
+                tar = self.renderer.fetch_frame_files(target, urls.FrameURL(jf.job_url.server, jf.job_url.job_id,
+                                                                            frame.id))
             unpacked = workdir / f".distren-dep-{secrets.token_hex(4)}"
             for name in bundle.extract(tar, unpacked):
                 (workdir / name).parent.mkdir(parents=True, exist_ok=True)

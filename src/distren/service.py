@@ -43,7 +43,12 @@ MAX_ATTEMPTS = 3
 # 3: 9.6 s, 4: 9.5 s, 6: 9.0 s. POV-Ray idles ~0.5 s at start and a small frame leaves cores idle,
 # so overlapping processes beats one process per core.
 DEFAULT_SLOTS = 2 * (os.cpu_count() or 1)
-DEFAULT_LEASE_TIMEOUT = 180.0
+# A dead renderer's frame is queued again within this (plus the reaper's 0.5 s); renewals come
+# every third of it. Measured cost of one renewal on the origin: see docs/protocol.md §6.2.
+DEFAULT_LEASE_TIMEOUT = 20.0
+# Frames of one job a renderer may fail or let run out before it gets none of them (Flamenco's
+# blocklist threshold).
+DEFAULT_BLOCKLIST_THRESHOLD = 3
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Settings:
     advertise: str = "http://127.0.0.1:8311"  # the address peers reach this server at
     peers: list[str] = field(default_factory=list)
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    blocklist_threshold: int = DEFAULT_BLOCKLIST_THRESHOLD
     max_result_bytes: int = 2 * sandbox.GiB  # what a peer's frame upload may be and unpack to
 
 
@@ -79,12 +85,13 @@ class Server:
                              lambda: self.scheduler.rendering_now(), wake.set,
                              lambda: self.renderer.poll_remote_deps())
         self.renderer = Renderer(self.url.name, self.store, self.life, self.transport, s.data / "cache",
-                                 self.peering.known_address, self.peering.introduce, wake.set)
+                                 self.peering.known_address, self.peering.introduce, wake.set, s.slots)
         self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,
                          self.renderer.remote_frame_state, self.users.job_for,
                          lambda job_id: self.scheduler.stop_renders(job_id), wake.set)
         self.origin = Origin(self.url, self.store, self.life, self.jobfiles, s.lease_timeout, s.max_attempts,
-                             s.limits, s.max_result_bytes, self.jobs.rebundle)
+                             s.limits, s.max_result_bytes, self.jobs.rebundle, s.blocklist_threshold,
+                             self.renderer.vouched)
         self.scheduler = Scheduler(self.url, self.store, self.life, self.jobfiles, self.renderer,
                                    self.jobs.rebundle, s.data, s.slots, s.limits, s.max_attempts, wake)
         self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now)

@@ -46,6 +46,7 @@ class Views:
             "created": job.created,
             "updated": job.updated,
             "counts": counts,
+            "blocklist": self.store.blocklist(job_id),
             "frames": [
                 {
                     "url": str(job_url.frame(f.frame_id)),

@@ -78,8 +78,10 @@ def router(server: Server) -> APIRouter:
             raise DistrenError("a lease request has no body")
         nonces: list[tuple[str, float]] = []  # recorded with the claim, in one transaction
         sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
-        can = request.query_params.get("can")
-        return origin.grant_lease(sender, job_id, nonces[0], None if can is None else set(can.split(",")))
+        q = request.query_params
+        can = q.get("can")
+        return origin.grant_lease(sender, job_id, nonces[0], None if can is None else set(can.split(",")),
+                                  q.get("request"), q.get("slots"))
 
     async def lease(request: Request):
         # The busiest call a server answers (every idle slot of every peer asks), so it is a
@@ -99,8 +101,8 @@ def router(server: Server) -> APIRouter:
 
     @api.get("/fed/jobs/{job_id}/bundle")
     async def job_bundle(job_id: Id, request: Request):
-        await signed(request)
-        path, sha = await run_in_threadpool(origin.bundle, job_id)
+        sender, _ = await signed(request)
+        path, sha = await run_in_threadpool(origin.bundle, sender, job_id)
         return FileResponse(path, media_type="application/x-tar", headers={"X-Content-SHA256": sha})
 
     @api.get("/fed/jobs/{job_id}/frames/{frame_id}")
@@ -110,9 +112,29 @@ def router(server: Server) -> APIRouter:
 
     @api.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
     async def fed_frame_files(job_id: Id, frame_id: Id, request: Request):
-        await signed(request)
-        path = await run_in_threadpool(origin.frame_files, job_id, frame_id)
+        sender, _ = await signed(request)
+        q = request.query_params
+        for_frame = None
+        if "for_server" in q:  # the frame depending on this one that the sender renders
+            for_frame = urls.FrameURL(urls.check_server_name(q["for_server"]), frame_param(q, "for_job"),
+                                      frame_param(q, "for_frame"))
+        path = await run_in_threadpool(origin.frame_files, sender, job_id, frame_id, for_frame)
         return FileResponse(path, media_type="application/x-tar")
+
+    def frame_param(q, name: str) -> int:
+        value = q.get(name, "")
+        if not value.isdigit() or not 0 <= int(value) <= urls.MAX_ID:
+            raise DistrenError(f"malformed request: {name}={value[:30]!r} is not an id (0 to {urls.MAX_ID})")
+        return int(value)
+
+    @api.get("/fed/jobs/{job_id}/frames/{frame_id}/vouch")
+    async def fed_vouch(job_id: Id, frame_id: Id, request: Request):
+        # The asker is the origin of the frame depended on; ``server`` asks it for that frame's files.
+        sender, _ = await signed(request)
+        q = request.query_params
+        dep = urls.FrameURL(sender, frame_param(q, "job"), frame_param(q, "frame"))
+        server_name = urls.check_server_name(q.get("server", ""))
+        return await run_in_threadpool(origin.vouch, job_id, frame_id, server_name, dep)
 
     @api.post("/fed/jobs/{job_id}/frames/{frame_id}/renew")
     async def renew(job_id: Id, frame_id: Id, request: Request):

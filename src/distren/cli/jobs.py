@@ -103,6 +103,8 @@ def status(
     out.print(f"[bold]{st['url']}[/]  {st['state']}  ({counts})  {st['width']}x{st['height']}  by {st['submitter']}")
     if st["reason"]:
         out.print(f"  {st['reason']}")
+    for b in st["blocklist"]:
+        out.print(f"  block-listed: {b['server']}: {b['reason']}")
     table = Table("frame", "state", "server", "tries", "files / reason")
     for f in st["frames"]:
         detail = " ".join(f["files"]) if f["state"] == "done" else f["reason"]

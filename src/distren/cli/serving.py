@@ -29,8 +29,10 @@ def serve(
     peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
     advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
                                             "(default: http://LISTEN)."),
-    lease_timeout: float = typer.Option(180.0, "--lease-timeout", help="Seconds a frame stays leased to another "
-                                        "server without a renewal."),
+    lease_timeout: float = typer.Option(20.0, "--lease-timeout", min=0.1, help="Seconds a frame stays leased to "
+                                        "another server without a renewal (renewed every third of it)."),
+    blocklist_threshold: int = typer.Option(3, "--blocklist-threshold", min=1, help="Frames of one job another "
+                                            "server may fail or let run out before it gets none of them."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send "
                                          "its request headers before it is dropped."),
     max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
@@ -62,7 +64,7 @@ def serve(
         backends.load_plugin(module)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
                              limits=limits, advertise=advertise, peers=peer,
-                             lease_timeout=lease_timeout,
+                             lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
                              max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())

@@ -70,7 +70,8 @@ class Jobs:
         return job_id, True
 
     def delete_job_rows(self, db, job_id: int) -> None:
-        for table, col in (("events", "job_id"), ("deps", "job_id"), ("frames", "job_id"), ("jobs", "id")):
+        for table, col in (("events", "job_id"), ("deps", "job_id"), ("lease_failures", "job_id"),
+                           ("blocklist", "job_id"), ("frames", "job_id"), ("jobs", "id")):
             db.execute(f"DELETE FROM {table} WHERE {col}=?", (job_id,))
 
     def job_state(self, db, job_id: int) -> str:

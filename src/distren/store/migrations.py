@@ -91,4 +91,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE users ADD COLUMN revoked REAL;
     CREATE INDEX jobs_by_submitter ON jobs(submitter, id);
     """,
+    # 5: fair leases. A lease carries the renderer's request id (a lost answer is recovered by
+    # asking again with it); each frame a peer failed or let run out is remembered per job, and a
+    # peer that reaches the blocklist threshold on a job is block-listed for it.
+    """
+    ALTER TABLE frames ADD COLUMN lease_request TEXT;
+    CREATE INDEX frames_by_request ON frames(job_id, server, lease_request) WHERE lease_request IS NOT NULL;
+    CREATE TABLE lease_failures (
+        job_id INTEGER NOT NULL,
+        frame_id INTEGER NOT NULL,
+        server TEXT NOT NULL,
+        at REAL NOT NULL,
+        why TEXT NOT NULL
+    );
+    CREATE INDEX lease_failures_by_server ON lease_failures(job_id, server, frame_id);
+    CREATE TABLE blocklist (
+        job_id INTEGER NOT NULL,
+        server TEXT NOT NULL,
+        at REAL NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (job_id, server)
+    );
+    """,
 ]
