@@ -7,8 +7,9 @@ tests decide what a hostile peer sends and assert what the honest server does wi
 
     m = Mallory("mallory", tmp_path / "m.key")
     m.introduce(origin)                  # POST /fed/hello
-    r = m.lease(origin, job)             # POST /fed/jobs/ID/lease?can=povray
+    r = m.lease(origin, job)             # POST /fed/jobs/ID/lease?can=povray (at most m.slots at once)
     m.upload(origin, job, frame, tar)    # PUT .../result
+    m.replay()                           # her last signed request again, byte for byte
     m.close()
 
 ``answer`` lets a test change what her own server answers (e.g. a tarpit never answers).
@@ -33,10 +34,12 @@ from distren.peering import hello_text
 
 
 class Mallory:
-    def __init__(self, name: str, keyfile: Path, backends: dict[str, str] | None = None):
+    def __init__(self, name: str, keyfile: Path, backends: dict[str, str] | None = None, slots: int = 2):
         self.name = name
         self.id = Identity.load_or_create(name, keyfile)
         self.backends = {"povray": "3.7.0.10"} if backends is None else backends
+        self.slots = slots  # what her state says she has: an origin lends her that many frames
+        self.sent: list[tuple[str, str, dict, bytes]] = []  # every request she signed, to replay
         # (method, path) -> (status, JSON body) for her own server; hello and state by default.
         self.answer: Callable[[str, str], tuple[int, dict]] = self._default_answer
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -60,7 +63,7 @@ class Mallory:
         if path == "/fed/hello":
             return 200, self.hello()
         if path.startswith("/fed/state"):
-            return 200, {"name": self.name, "slots": 0, "backends": self.backends, "rendering": [],
+            return 200, {"name": self.name, "slots": self.slots, "backends": self.backends, "rendering": [],
                          "announcements": []}
         return 404, {"error": "not here"}
 
@@ -102,11 +105,18 @@ class Mallory:
         if digest is None and body:
             digest = hashlib.sha256(body).hexdigest()
         signed = self.id.sign_request(method, path, *([digest] if digest else []), to=server.name)
+        self.sent.append((method, server.http + path, {**signed, **(headers or {})}, body))
         return httpx.request(method, server.http + path, content=body, headers={**signed, **(headers or {})},
                              timeout=timeout)
 
-    def lease(self, server, job: int, can: str = "povray") -> httpx.Response:
-        return self.call(server, "POST", f"/fed/jobs/{job}/lease?can={can}")
+    def replay(self, n: int = -1, timeout: float = 60) -> httpx.Response:
+        """Send again, byte for byte (signature and nonce included), a request she sent."""
+        method, url, headers, body = self.sent[n]
+        return httpx.request(method, url, content=body, headers=headers, timeout=timeout)
+
+    def lease(self, server, job: int, can: str = "povray", request: str | None = None) -> httpx.Response:
+        """``request``: her id for the request (asked again with it, the same frame)."""
+        return self.call(server, "POST", f"/fed/jobs/{job}/lease?can={can}" + (f"&request={request}" if request else ""))
 
     @staticmethod
     def leased_frame(resp: httpx.Response) -> int:

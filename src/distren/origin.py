@@ -143,8 +143,8 @@ class Origin:
     def bundle(self, sender: str, job_id: int) -> tuple[Path, str]:
         """A job's bundle for a renderer that holds a lease on it, and its hash; only while
         the job takes work."""
+        self._need_to_know(sender, job_id, "its scene")  # first: a stranger learns nothing of the job
         self.own_job(job_id)
-        self._need_to_know(sender, job_id, "its scene")
         return self.store.seed_path(job_id), self.jobfiles.bundle_sha256(job_id)
 
     def _leased_to(self, sender: str, job_id: int, frame_id: int, late: bool = False):
