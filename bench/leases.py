@@ -43,6 +43,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import cluster  # noqa: E402
 
 LOAD, ORIGIN = "load", "a"  # the client's and the origin's server names (signatures name the recipient)
+# An origin lends one renderer at most its slots (at most 1024), so every connection of the load
+# is a renderer of its own (load-P-C, one key), each saying it has the most slots allowed.
+SLOTS = 1024
 # Refused at once: the origin's sync loop polls every peer's address, and the client has none.
 LOAD_ADDRESS = "http://127.0.0.1:9"
 POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere{0,1 pigment{rgb clock}}\n"
@@ -82,7 +85,7 @@ async def _raw_conn(port: int, ident: Identity | None, jobs: list[int], k: int, 
             else:
                 job = jobs[k % len(jobs)]
                 k += 1
-                path = f"/fed/jobs/{job}/lease"
+                path = f"/fed/jobs/{job}/lease?slots={SLOTS}"
                 head = "".join(f"{n}: {v}\r\n" for n, v in ident.sign_request("POST", path, to=ORIGIN).items())
                 writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n{head}\r\n".encode())
             resp = await reader.readuntil(b"\r\n\r\n")
@@ -104,7 +107,7 @@ def _thread_conn(mode: str, port: int, ident: Identity, jobs: list[int], k: int,
                 break
             job = jobs[k % len(jobs)]
             k += 1
-            path = f"/fed/jobs/{job}/lease"
+            path = f"/fed/jobs/{job}/lease?slots={SLOTS}"
             headers = ident.sign_request("POST", path, to=ORIGIN)
             if mode == "httpx":
                 r = conn.post(path, headers=headers)
@@ -118,8 +121,9 @@ def _thread_conn(mode: str, port: int, ident: Identity, jobs: list[int], k: int,
         conn.close()
 
 
-def load_worker(mode: str, port: int, seed: bytes, jobs: list[int], conns: int, start: float, seconds: float, out):
-    ident = None if mode == "ceiling" else Identity(LOAD, SigningKey(seed))
+def load_worker(mode: str, port: int, seed: bytes, jobs: list[int], conns: int, start: float, seconds: float, out,
+                index: int = 0):
+    idents = [None if mode == "ceiling" else Identity(load_name(index, i), SigningKey(seed)) for i in range(conns)]
     counts: Counter = Counter()
     deadline = start + seconds
     time.sleep(max(0.0, start - time.time()))
@@ -127,10 +131,10 @@ def load_worker(mode: str, port: int, seed: bytes, jobs: list[int], conns: int, 
     # Each connection starts at a different job so that they do not all drain the same one.
     if mode in ("raw", "ceiling"):
         async def run():
-            await asyncio.gather(*(_raw_conn(port, ident, jobs, i * 7, deadline, counts) for i in range(conns)))
+            await asyncio.gather(*(_raw_conn(port, idents[i], jobs, i * 7, deadline, counts) for i in range(conns)))
         asyncio.run(run())
     else:
-        threads = [threading.Thread(target=_thread_conn, args=(mode, port, ident, jobs, i * 7, deadline, counts))
+        threads = [threading.Thread(target=_thread_conn, args=(mode, port, idents[i], jobs, i * 7, deadline, counts))
                    for i in range(conns)]
         for t in threads:
             t.start()
@@ -148,11 +152,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def hello(address: str, key: SigningKey) -> None:
-    ident = Identity(LOAD, key)
+def load_name(proc: int, conn: int) -> str:
+    return f"{LOAD}-{proc}-{conn}"
+
+
+def hello(address: str, key: SigningKey, name: str = LOAD) -> None:
+    ident = Identity(name, key)
     ts = f"{time.time():.3f}"
-    body = {"name": LOAD, "address": LOAD_ADDRESS, "key": ident.public, "time": ts,
-            "signature": ident.sign(_hello_text(LOAD, LOAD_ADDRESS, ident.public, ts))}
+    body = {"name": name, "address": LOAD_ADDRESS, "key": ident.public, "time": ts,
+            "signature": ident.sign(_hello_text(name, LOAD_ADDRESS, ident.public, ts))}
     httpx.post(address + "/fed/hello", json=body, timeout=10).raise_for_status()
 
 
@@ -175,13 +183,15 @@ def run_load(workload: str, config: tuple, bundle: Path, seconds: float, profile
         t0 = time.perf_counter()
         jobs = [origin.client.job_id(origin.client.submit(bundle)) for _ in range(njobs)]
         submit_s = time.perf_counter() - t0
-        hello(origin.address, key)
+        for p in range(procs):
+            for i in range(conns):
+                hello(origin.address, key, load_name(p, i))
         port = int(origin.address.rsplit(":", 1)[1])
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
         begin = time.time() + 3  # time for the children to start and import
-        workers = [ctx.Process(target=load_worker, args=(mode, port, bytes(key), jobs, conns, begin, seconds, out))
-                   for _ in range(procs)]
+        workers = [ctx.Process(target=load_worker, args=(mode, port, bytes(key), jobs, conns, begin, seconds, out, p))
+                   for p in range(procs)]
         for w in workers:
             w.start()
         time.sleep(max(0.0, begin - time.time()))
@@ -220,7 +230,7 @@ def run_load(workload: str, config: tuple, bundle: Path, seconds: float, profile
 BUCKETS = [
     ("jobfile.loads of the job's whole distrenjob.xml", r"^loads \(distren/jobfile", ()),
     ("JobFile.with_frames + to_xml (the answer)", r"JobFile\.(to_xml|with_frames)", ()),
-    ("Lifecycle.claim (SQLite write transaction)", r"Lifecycle\.claim", ()),
+    ("Lifecycle.lease (SQLite write transaction)", r"Lifecycle\.(lease|_claim)", ()),
     ("Store.seen_nonce (its own SQLite write transaction)", r"Store\.seen_nonce", ()),
     ("Store.peer_key (SQLite read)", r"Store\.peer_key", ()),
     ("Store.get_job (SELECT * with the jobfile)", r"Store\.get_job", ()),
