@@ -4,12 +4,19 @@ results. (tests/test_e2e_leases.py runs the same rules against real servers and 
 
 from __future__ import annotations
 
+import re
+import time
+
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distren.errors import Conflict, Replayed
+from distren import urls
+from distren.errors import Conflict, DistrenError, Replayed
+from distren.jobfile import Frame, JobFile, lease_xml
 from distren.lifecycle import Lifecycle
+from distren.renderer import Renderer
 from distren.states import DONE, QUEUED, RENDERING
 from distren.store import Store
 from test_store import new_job
@@ -161,3 +168,34 @@ def test_a_late_result_is_taken_while_the_frame_is_queued_and_forgiven(store, li
     assert store.failed_frames(store._db, job, M) == []  # the expiry no longer counts
     with pytest.raises(Conflict):  # a result from a server that never held the frame
         life.finish(job, 2, B, [])
+
+
+class _Origin:
+    """A transport standing in for an origin whose lease answer names a bundle hash of its own
+    choosing (the header is not signed), and that records what it was asked."""
+
+    def __init__(self, header_sha: str):
+        self.header_sha = header_sha
+        self.paths: list[str] = []
+
+    def call(self, method, address, path, *a, **kw):
+        self.paths.append(path)
+        jf = JobFile(type="povray", width=32, height=24, frames=(Frame(1), Frame(2)), name="distren://a/job/7",
+                     submitter="distren://a/user/ann")
+        return httpx.Response(200, content=lease_xml(jf, Frame(1, server="distren://b/")),
+                              headers={"X-Distren-Bundle-SHA256": self.header_sha, "X-Distren-Lease-Expires": "120",
+                                       "X-Distren-Now": "100"})
+
+
+def test_a_renderer_checks_the_scene_against_the_signed_announcement_not_the_lease_header(store, life, tmp_path):
+    signed = "a" * 64
+    store.record_announcement("distren://a/job/7", "a", {"job": "distren://a/job/7", "bundle_sha256": signed}, True)
+    origin = _Origin(header_sha="b" * 64)
+    r = Renderer("b", store, life, origin, tmp_path / "cache", lambda n: None, lambda a: "a", lambda: None, slots=3)
+    work = r._lease("http://127.0.0.1:9", urls.parse_job("distren://a/job/7"))
+    assert work.bundle_sha256 == signed
+    assert 19 < work.expires - time.time() <= 20  # the lease's length by the origin's clock
+    # Its slots and a fresh request id go with every request (signed with the path).
+    assert re.fullmatch(r"/fed/jobs/7/lease\?can=[a-z,]+&slots=3&request=[0-9a-f]{32}", origin.paths[0])
+    with pytest.raises(DistrenError, match="no signed announcement"):
+        r._lease("http://127.0.0.1:9", urls.parse_job("distren://a/job/8"))
