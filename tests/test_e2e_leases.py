@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 
 from conftest import SCENES, last_line, povray_reference, wait_for
 from mallory import Mallory
+from test_e2e_dependencies import _rewrite_jobfile
 
 pytestmark = pytest.mark.e2e
 
@@ -218,3 +220,33 @@ def test_a_late_result_is_taken_when_nobody_else_holds_the_frame(start_server, m
     assert (f["state"], f["server"], f["attempts"]) == ("done", "distren://mallory/", 0)
     reasons = [e["reason"] for e in api(a, f"/jobs/{job}/events") if e["frame_id"] == frame]
     assert "late result from distren://mallory/" in reasons, reasons
+
+
+def test_a_dependencys_files_go_to_the_renderer_its_dependents_origin_vouches_for(start_server, mallory, tmp_path):
+    """b's job is rendered by c; a's job depends on one of its frames and is rendered by c too,
+    which holds no lease on b's job by then: b gives c the frame's files because a, asked, says
+    that c renders the frame that depends on it. Mallory, claiming the same, is refused."""
+    a = start_server("a", "--slots", "0")
+    b = start_server("b", "--slots", "0", "--peer", a.http)
+    wait_for(lambda: "b" in a.cli("servers").stdout, "a and b to peer")
+    start_server("c", "--slots", "1", "--peer", a.http, "--peer", b.http)
+    upstream = last_line(b.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24",
+                               "--frames", "1-2", "--wait"))
+    scene = tmp_path / "reader"
+    scene.mkdir()
+    (scene / "reader.ini").write_text("Input_File_Name=reader.pov\n")
+    (scene / "reader.pov").write_text(
+        'camera { location -2*z look_at 0 }\n'
+        'box { <-1,-1,0>, <1,1,0.1> pigment { image_map { png "textured2.png" } translate -0.5 scale 2 }'
+        ' finish { ambient 1 diffuse 0 } }\n')
+    a.cli("pack", str(scene), "-o", str(tmp_path / "r.tar"), "--width", "32", "--height", "24")
+    _rewrite_jobfile(tmp_path / "r.tar", tmp_path / "r2.tar", lambda x: x.replace(
+        '<frame name="frame/0" />', f'<frame name="frame/0"><dep name="{upstream}/frame/2"/></frame>'))
+    url = last_line(a.cli("submit", str(tmp_path / "r2.tar"), "--wait"))
+    assert job_status(a, int(url.rsplit("/", 1)[1]))["frames"][0]["server"] == "distren://c/"
+    b_log = (b.data.parent / f"b-{b.port}.log").read_text()
+    assert re.search(r"GET \S+/fed/jobs/1/frames/0/vouch\?server=c&job=1&frame=2 \"HTTP/1.1 200", b_log), \
+        "b did not ask a whether c renders the dependent frame"
+    assert mallory.introduce(b).status_code == 200
+    r = mallory.call(b, "GET", "/fed/jobs/1/frames/2/files?for_server=a&for_job=1&for_frame=0")
+    assert r.status_code == 403 and "a does not say that mallory renders" in r.json()["error"], r.text
