@@ -117,8 +117,8 @@ def test_unknown_states_are_conflicts_not_crashes(bad):
 
 
 def test_default_what():
-    with pytest.raises(Conflict, match=r"^frame is done; it cannot become queued$"):
-        states.check_frame(DONE, QUEUED)
+    with pytest.raises(Conflict, match=r"^frame is done; it cannot become failed$"):
+        states.check_frame(DONE, FAILED)
     with pytest.raises(Conflict, match=r"^job is cancelled; it cannot become rendering$"):
         states.check_job(CANCELLED, RENDERING)
 

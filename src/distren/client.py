@@ -129,6 +129,9 @@ class Client:
     def remove_peer(self, name: str) -> None:
         self._request("DELETE", f"/api/peers/{name}")
 
+    def trust_peer(self, name: str) -> dict:
+        return self._request("POST", f"/api/peers/{name}/trust").json()
+
     def add_user(self, name: str, admin: bool = False) -> dict:
         return self._request("POST", "/api/users", json={"name": name, "admin": admin}).json()
 

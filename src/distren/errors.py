@@ -69,6 +69,10 @@ class Forbidden(DistrenError):
     status = 403
 
 
+class Untrusted(Forbidden):
+    """A renderer whose results this origin found wrong: it gets no more of its frames."""
+
+
 class NotFound(DistrenError):
     status = 404
 

@@ -209,6 +209,7 @@ class Jobs:
                                 if name in names:
                                     m.name = name
                                     out.addfile(m, src.extractfile(m))
-            self.life.job_done(job_id)
+            if not self.life.job_done(job_id):
+                return
         log.info("job %s done", self.url.job(job_id))
         self.announce(job_id, active=False)

@@ -152,10 +152,15 @@ class Lifecycle:
                 url = self.store.frame_url(job_id, frame_id)
                 self._dep_target_is(t, url, "stuck", f"{url}: its job was cancelled")
 
-    def job_done(self, job_id: int) -> None:
-        """The result is rebundled: the job is done (again: nothing happens)."""
+    def job_done(self, job_id: int) -> bool:
+        """The result is rebundled: the job is done (again: nothing happens). False when a frame
+        was taken back meanwhile (:meth:`distrust`): the job goes on, and is rebundled again."""
         with self._tx() as t:
-            self._job_to(t, job_id, DONE, "all frames rendered and rebundled")
+            state = self.store.job_state(t.db, job_id)
+            if state not in (DONE, CANCELLED) and self.store.unfinished_frames(t.db, job_id):
+                return False
+            self._job_to(t, job_id, DONE, "all frames rendered and rebundled", old=state)
+            return True
 
     def delete(self, job_id: int, by: str) -> None:
         """Forget a finished job. Its id stays used: AUTOINCREMENT never hands it out again."""
@@ -346,6 +351,32 @@ class Lifecycle:
         """What another server says of a frame that frames here wait for."""
         with self._tx() as t:
             self._dep_target_is(t, dep, target_state, reason)
+
+    def distrust(self, name: str, server: str, reason: str, requeue_reason: str) -> list[tuple[int, int]]:
+        """This origin found wrong pixels from ``server`` (named ``name``): in one transaction,
+        stop trusting it and put back in the queue every frame of a job under way that it holds
+        or rendered, and every frame done here from their files. Returns the frames requeued.
+        A job that is done already stays done (its result was delivered)."""
+        with self._tx() as t:
+            self.store.set_untrusted(t.db, name, reason, t.now)
+            todo = [(j, f, s, requeue_reason) for j, f, s in self.store.frames_held_by(t.db, server, (RENDERING, DONE))]
+            requeued: list[tuple[int, int]] = []
+            while todo:
+                job_id, frame_id, state, why = todo.pop(0)
+                if (job_id, frame_id) in requeued:
+                    continue
+                self._frame_to(t, job_id, frame_id, QUEUED, why, server=None, lease_expires=None, files=[],
+                               finished=None)
+                requeued.append((job_id, frame_id))
+                if state != DONE:
+                    continue
+                url = self.store.frame_url(job_id, frame_id)
+                for dj, df, ds in self.store.set_dep_target(t.db, url, "waiting"):
+                    if ds in (RENDERING, DONE) and self.store.job_state(t.db, dj) not in (DONE, CANCELLED):
+                        todo.append((dj, df, ds, f"re-rendered: it was made from {url}, which came from {name}"))
+            for job_id in sorted({j for j, _ in requeued}):
+                self._follow(t, job_id, requeue_reason)
+        return requeued
 
     # --- leases and restarts ----------------------------------------------------------------
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .lifecycle import Lifecycle
     from .sandbox import Limits
     from .store import Store
+    from .verification import Verifier
 
 log = logging.getLogger("distren.origin")
 
@@ -45,11 +46,12 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 class Origin:
     def __init__(self, url: urls.ServerURL, store: Store, life: Lifecycle, jobfiles: JobFiles,
                  lease_timeout: float, max_attempts: int, limits: Limits, max_result_bytes: int,
-                 rebundle: Callable[[int], None], blocklist_threshold: int = 3,
+                 rebundle: Callable[[int], None], verifier: Verifier, blocklist_threshold: int = 3,
                  vouched: Callable[[urls.FrameURL, str, urls.FrameURL], bool] = lambda *a: False):
         """``limits``: what checking an upload's images in the sandbox may use, and, its wall
         time, how long a frame may stay leased; ``rebundle(job_id)``: collect a job whose last
-        frame is done into its result; ``blocklist_threshold``: frames of a job a renderer may
+        frame is done into its result; ``verifier``: checks a share of renderers' pixels, and
+        who is trusted; ``blocklist_threshold``: frames of a job a renderer may
         fail or let run out before it gets none of them; ``vouched(frame, server, dep)``: does
         ``frame``'s origin say that ``server`` renders it and that it depends on ``dep``."""
         self.url = url
@@ -63,8 +65,9 @@ class Origin:
         self.limits = limits
         self.max_result_bytes = max_result_bytes
         self.rebundle = rebundle
+        self.verifier = verifier
         self._result_lock = threading.Lock()
-        self._frame_sha: dict[tuple[int, int], str] = {}
+        self._frame_sha: dict[tuple[int, int, float | None], str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,6 +124,7 @@ class Origin:
         ``slots``: what the request says the renderer has (its synced state wins)."""
         if request is not None and not REQUEST_ID.fullmatch(request):
             raise DistrenError("malformed lease request: request= must be 1 to 64 letters, digits, '-' or '_'")
+        self.verifier.may_lease(sender)
         expires = time.time() + min(self.lease_timeout, self.limits.wall)
         renderer = str(urls.ServerURL(sender))
         by_backend = self.jobfiles.by_backend(job_id)
@@ -207,6 +211,7 @@ class Origin:
         try:
             files = uploads.check_frame_tar(tar, staged / "files", expected, frame_id, jf.width, jf.height,
                                             self.max_result_bytes, self.limits)
+            self.verifier.check(sender, job_id, jf, frame, staged / "files")
             kept = staged / "frame.tar"
             bundle.write_tar(kept, [(f["name"], staged / "files" / f["name"]) for f in files])
             with self._result_lock:
@@ -234,8 +239,8 @@ class Origin:
         stuck = row.state in (states.FAILED, states.BLOCKED) or job.state == states.CANCELLED
         out = {"url": self.store.frame_url(job_id, frame_id), "state": row.state,
                "reason": row.reason if stuck else "", "job_state": job.state}
-        if row.state == states.DONE:  # a done frame never changes: hash its tarball once
-            key = (job_id, frame_id)
+        if row.state == states.DONE:  # a done frame changes only by being rendered again: hash it once
+            key = (job_id, frame_id, row.finished)
             if key not in self._frame_sha:
                 self._frame_sha[key] = sha256_file(self.store.frame_tar(job_id, frame_id))
             out["sha256"] = self._frame_sha[key]

@@ -149,14 +149,14 @@ class Scheduler:
         """Render one frame in a private copy of the scene; pack its files into ``frame_tar``."""
         workdir = self.data / "work" / f"{key[0]}-{key[1]}-{key[2]}-{secrets.token_hex(4)}"
         try:
-            shared = _prepare_workdir(scene_dir, workdir)
+            shared = prepare_workdir(scene_dir, workdir)
             logpath.parent.mkdir(parents=True, exist_ok=True)
 
             def track(proc):
                 with self._procs_lock:
                     self._procs[key] = proc
 
-            for name in self._place_dependencies(jf, frame, workdir):
+            for name in self.place_dependencies(jf, frame, workdir):
                 shared.pop(name, None)  # a dependency's file takes the place of a scene file
             backend = backends.get(frame.backend(jf.type))
             produced = backend.render(jf, frame, workdir, logpath, self.limits, track, shared)
@@ -174,7 +174,7 @@ class Scheduler:
                 self._procs.pop(key, None)
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _place_dependencies(self, jf: jobfile.JobFile, frame: jobfile.Frame, workdir: Path) -> list[str]:
+    def place_dependencies(self, jf: jobfile.JobFile, frame: jobfile.Frame, workdir: Path) -> list[str]:
         """Put the files of the frames this one depends on into its working folder, under
         their own names, so that the scene (or the stitcher) can read them. Returns the names."""
         placed: list[str] = []
@@ -273,7 +273,7 @@ class Scheduler:
             log.exception("could not record the failure of frame %s of job %s", frame_id, job_id)
 
 
-def _prepare_workdir(scene_dir: Path, workdir: Path) -> dict[str, Path]:
+def prepare_workdir(scene_dir: Path, workdir: Path) -> dict[str, Path]:
     """A frame's working folder: a copy of the scene's small files, and an empty placeholder
     for each large one (textures, meshes), which the sandbox mounts read-only in its place.
     Copying a 1 GB scene for every frame would cost more than many frames take to render."""

@@ -34,6 +34,7 @@ from .scheduling import Scheduler
 from .store import Store
 from .transfer import Transport
 from .users import Users
+from .verification import FIRST, SHARE, Verifier
 from .views import Views
 
 log = logging.getLogger("distren")
@@ -63,6 +64,8 @@ class Settings:
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     blocklist_threshold: int = DEFAULT_BLOCKLIST_THRESHOLD
     max_result_bytes: int = 2 * sandbox.GiB  # what a peer's frame upload may be and unpack to
+    verify_first: int = FIRST  # a new renderer's frames checked, all of them
+    verify_share: float = SHARE  # then this share of its frames
 
 
 class Server:
@@ -89,12 +92,17 @@ class Server:
         self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,
                          self.renderer.remote_frame_state, self.users.job_for,
                          lambda job_id: self.scheduler.stop_renders(job_id), wake.set)
+        self.verifier = Verifier(self.url, self.store, self.life, self.jobfiles, s.limits, s.data / "work",
+                                 s.verify_first, s.verify_share,
+                                 lambda jf, frame, work: self.scheduler.place_dependencies(jf, frame, work))
         self.origin = Origin(self.url, self.store, self.life, self.jobfiles, s.lease_timeout, s.max_attempts,
-                             s.limits, s.max_result_bytes, self.jobs.rebundle, s.blocklist_threshold,
+                             s.limits, s.max_result_bytes, self.jobs.rebundle, self.verifier,
+                             s.blocklist_threshold,
                              self.renderer.vouched)
         self.scheduler = Scheduler(self.url, self.store, self.life, self.jobfiles, self.renderer,
                                    self.jobs.rebundle, s.data, s.slots, s.limits, s.max_attempts, wake)
-        self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now)
+        self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now,
+                           self.verifier.trust)
         self.dashboard = Dashboard(self.url, self.store, self.jobfiles, s.advertise, s.slots,
                                    self.scheduler.rendering_now)
         self.previews = Previews(self.store, self.jobfiles, s.limits)

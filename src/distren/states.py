@@ -8,6 +8,7 @@ Frames: queued -> rendering -> done
                   rendering -> queued  (a retry, a lost lease, a restart, a cancelled render)
                   rendering -> failed  (out of attempts; the reason is the renderer's message)
                   failed    -> queued  (retried by a user)
+                  done      -> queued  (its renderer was caught returning wrong pixels: rendered again)
         queued -> blocked -> queued        (a frame it depends on failed / was retried)
 Jobs:   queued -> rendering -> done        (jobs follow their frames, see job_state_for; done
                                            only once the result is rebundled)
@@ -37,7 +38,7 @@ FRAME_TRANSITIONS: Mapping[str, frozenset[str]] = {
     RENDERING: frozenset({DONE, QUEUED, FAILED}),
     FAILED: frozenset({QUEUED}),
     BLOCKED: frozenset({QUEUED}),
-    DONE: frozenset(),
+    DONE: frozenset({QUEUED}),
 }
 
 JOB_TRANSITIONS: Mapping[str, frozenset[str]] = {

@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
 class Views:
     def __init__(self, url: urls.ServerURL, store: Store, jobfiles: JobFiles, advertise: str, slots: int,
-                 rendering_now: Callable[[], list[str]]):
+                 rendering_now: Callable[[], list[str]], trust: Callable[[str], str]):
+        """``trust(name)``: how this server regards a renderer, in words."""
         self.url = url
         self.store = store
         self.jobfiles = jobfiles
         self.advertise = advertise
         self.slots = slots
         self.rendering_now = rendering_now
+        self.trust = trust
 
     def status(self, job_id: int) -> dict:
         job = self.store.get_job(job_id)
@@ -76,10 +78,10 @@ class Views:
     def servers(self) -> list[dict]:
         me = {"name": self.url.name, "url": str(self.url), "address": self.advertise,
               "slots": self.slots, "rendering": self.rendering_now(), "last_heard": time.time(),
-              "self": True}
+              "self": True, "trust": "-"}
         return [me] + [{"name": p["name"], "url": str(urls.ServerURL(p["name"])), "address": p["address"],
                         "slots": p["slots"], "rendering": p["rendering"], "last_heard": p["last_heard"],
-                        "self": False} for p in self.store.peers()]
+                        "self": False, "trust": self.trust(p["name"])} for p in self.store.peers()]
 
     def result(self, job_id: int) -> Path:
         job = self.store.get_job(job_id)

@@ -14,6 +14,7 @@ from distren.errors import JobFileError, RenderError
 class FakeRay:
     name = "fakeray"
     scene = True
+    deterministic = True
 
     def version(self) -> str | None:
         return "1.0"
@@ -34,6 +35,13 @@ class FakeRay:
         if out.returncode != 0:
             raise RenderError(f"fakeray: cp exited with {out.returncode}")
         return [f"fake{frame.id}.png"]
+
+
+    def blocks(self, jf, frame, scene_dir) -> list[tuple[int, int, int, int]]:
+        return [(0, 0, jf.width, jf.height)]  # a copy is all or nothing: the whole image is its one block
+
+    def render_region(self, jf, frame, workdir, log, limits, box, shared=None) -> str:
+        return self.render(jf, frame, workdir, log, limits, shared=shared)[0]
 
 
 backends.register(FakeRay())

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse
 
-from .. import __version__, bundle
+from .. import __version__, bundle, urls
 from ..errors import DistrenError, Forbidden, Unauthorized
 from .common import After, Id, receive_file
 
@@ -109,6 +109,11 @@ def router(server: Server) -> APIRouter:
     def remove_peer(name: str, u=Depends(admin)):
         server.peering.remove(name)
         return {"removed": f"distren://{name}/"}
+
+    @api.post("/api/peers/{name}/trust")
+    def trust_peer(name: str, u=Depends(admin)):
+        name = urls.check_server_name(name)
+        return {"trusted": f"distren://{name}/", "again": server.verifier.trust_again(name)}
 
     @api.post("/api/users", status_code=201)
     def add_user(body: dict, u=Depends(admin)):

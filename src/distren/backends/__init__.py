@@ -22,12 +22,19 @@ from ..errors import DistrenError, JobFileError
 from ..jobfile import Frame, JobFile
 from ..sandbox import Limits
 
+#: A rectangle of a frame's image in pixels: x0, y0, x1, y1 (x1 and y1 exclusive).
+Box = tuple[int, int, int, int]
+
 
 class Backend(Protocol):
     name: str
     #: True: renders a job's scene, so it can be a job's type (povray). False: makes a frame out
     #: of other frames' files (stitch, movie), so it is a type for single frames.
     scene: bool
+    #: True: the same frame rendered twice, on any machine with the same version, gives the same
+    #: bytes of pixels, so an origin can check a peer's frame by rendering part of it itself
+    #: (:mod:`distren.verification`). A backend that is not deterministic is not checked.
+    deterministic: bool
 
     def version(self) -> str | None:
         """This machine's version of the renderer, or None when it cannot run it here."""
@@ -53,6 +60,19 @@ class Backend(Protocol):
         :func:`distren.sandbox.run` within ``limits``; append the renderer's output to the text
         file ``log``; return the names (relative to ``workdir``) of the files the frame
         produced. Raise RenderError with the renderer's own message, or the limit it hit."""
+        ...
+
+    def blocks(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[Box]:
+        """The parts of ``frame``'s image that can be rendered alone (:meth:`render_region`)
+        and give exactly the pixels of a whole render; [] when a frame cannot be checked by
+        part (it is then not checked)."""
+        ...
+
+    def render_region(self, jf: JobFile, frame: Frame, workdir: Path, log: Path, limits: Limits, box: Box,
+                      shared=None) -> str:
+        """Render only ``box`` (one of :meth:`blocks`) of ``frame``, as :meth:`render` does the
+        whole; return the name of the image holding it (of the frame's full size, the box's
+        pixels as a whole render makes them, the rest whatever the renderer leaves there)."""
         ...
 
 

@@ -58,9 +58,21 @@ def _outputs(workdir: Path, before, output: str, outcome, limits, what: str) -> 
     return [output]
 
 
-class StitchBackend:
+class _NotByPart:
+    """Frames made from other frames' files: an origin would first have to place those files
+    to render part of one, so they are not checked by part (a quorum of two is left to do)."""
+
+    def blocks(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[tuple[int, int, int, int]]:
+        return []
+
+    def render_region(self, jf, frame, workdir, log, limits, box, shared=None) -> str:
+        raise RenderError(f"{self.name} frames are not rendered by part")  # type: ignore[attr-defined]
+
+
+class StitchBackend(_NotByPart):
     name = "stitch"
     scene = False
+    deterministic = True  # pixels copied from the tiles
 
     def version(self) -> str | None:
         import PIL
@@ -125,9 +137,10 @@ def main(args: list[str]) -> None:
     stitch(int(width), int(height), names.plain(output, "output"), tiles)
 
 
-class MovieBackend:
+class MovieBackend(_NotByPart):
     name = "movie"
     scene = False
+    deterministic = False  # an encoder's bytes may differ from run to run
 
     def version(self) -> str | None:
         import imageio_ffmpeg

@@ -13,17 +13,18 @@ from .common import ServerOpt, TokenOpt, _ask, _client, app, err, out, peers_app
 @app.command()
 def servers(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
             as_json: bool = typer.Option(False, "--json")):
-    """List this server and its peers: slots, what they render now, when last heard from."""
+    """List this server and its peers: slots, what they render now, when last heard from, and
+    whether this server trusts their results."""
     import time
 
     rows = _ask(server, token, lambda c: c.servers(), as_json)
     if rows is None:
         return
-    table = Table("server", "address", "slots", "rendering now", "last heard")
+    table = Table("server", "address", "slots", "rendering now", "last heard", "trust")
     for r in rows:
         ago = "this server" if r["self"] else (f"{time.time() - r['last_heard']:.0f} s ago" if r["last_heard"] else "never")
         table.add_row(r["url"], r["address"], "" if r["slots"] is None else str(r["slots"]),
-                      "\n".join(r["rendering"]) or "-", ago)
+                      "\n".join(r["rendering"]) or "-", ago, r["trust"])
     out.print(table)
 
 
@@ -43,6 +44,16 @@ def peers_remove(name: str = typer.Argument(..., help="The peer's server name.")
     with _client(server, token) as c:
         c.remove_peer(name)
     err.print(f"removed distren://{name}/")
+
+
+@peers_app.command("trust")
+def peers_trust(name: str = typer.Argument(..., help="The peer's server name."),
+                server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Trust a peer's results again (admin only), after it was caught returning wrong pixels:
+    it gets leases again, and its next frames are all checked, as a new peer's."""
+    with _client(server, token) as c:
+        res = c.trust_peer(name)
+    err.print(f"{res['trusted']} is trusted again" if res["again"] else f"{res['trusted']} was not untrusted")
 
 
 @user_app.command("add")

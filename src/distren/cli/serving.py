@@ -38,6 +38,11 @@ def serve(
     max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
                                                   "one more evicts the longest waiting for its headers "
                                                   "(default: what the open-file limit allows, up to 10000)."),
+    verify_first: int = typer.Option(3, "--verify-first", min=0, help="A new renderer's first frames, all of "
+                                     "which this server checks by rendering a block of each itself."),
+    verify_share: float = typer.Option(0.1, "--verify-share", min=0.0, max=1.0, help="The share of a renderer's "
+                                       "later frames checked, at random (0: only its first; with "
+                                       "--verify-first 0, none)."),
     plugin: list[str] = typer.Option([], "--plugin", help="A Python module to import that registers more render "
                                      "backends (repeatable; see docs/architecture.md)."),
 ):
@@ -65,6 +70,7 @@ def serve(
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
                              limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
+                             verify_first=verify_first, verify_share=verify_share,
                              max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())

@@ -113,4 +113,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, server)
     );
     """,
+    # 6: verified results. What this server, as an origin, knows of each renderer's frames: how
+    # many it checked and found right, and when and why it stopped trusting it (NULL: it trusts it).
+    """
+    CREATE TABLE peer_trust (
+        name TEXT PRIMARY KEY,
+        checked INTEGER NOT NULL DEFAULT 0,
+        untrusted REAL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    """,
 ]
