@@ -13,6 +13,10 @@ from PIL import Image
 
 from conftest import POV_ANIM, SCENES
 from distren import backends, jobfile, pixels, sandbox
+from distren.errors import Conflict
+from distren.lifecycle import Lifecycle
+from distren.states import DONE, QUEUED
+from distren.store import Store
 from distren.verification import _same_pixels
 
 W, H = 70, 50
@@ -112,3 +116,46 @@ def test_every_povray_block_alone_has_the_pixels_of_the_whole_render(tmp_path, s
             assert pixels.compare(part / image, whole / image, box) is None
             # And the rest of the image is not rendered: the block is all that was.
             assert pixels.compare(part / image, whole / image, (x0, y0, W, H)) is not None
+
+
+def test_distrust_takes_back_what_the_renderer_rendered_or_holds_and_what_was_made_from_it(tmp_path):
+    store = Store(tmp_path / "data")
+    store.set_meta("name", "a")
+    life = Lifecycle(store)
+
+    def job(frames, deps=lambda j: []):
+        staged = store.staging_dir() / f"staged-{len(frames)}"
+        (staged / "scene").mkdir(parents=True)
+        (staged / "seed.tar").write_bytes(b"seed")
+        return life.create_job("a/~ann", "povray", frames, lambda j: b"<job/>", staged, None, deps)
+
+    m, b, here = "distren://mallory/", "distren://b/", "distren://a/"
+    j = job([1, 2, 3, 4], lambda j: [(4, f"distren://a/job/{j}/frame/1")])  # 4 is made from 1's files
+    done_job = job([1])
+    try:
+        assert life.claim(m, done_job, lease_expires=1e12) == (done_job, 1)
+        life.finish(done_job, 1, m, [])
+        assert life.job_done(done_job)
+        assert life.claim(m, j, lease_expires=1e12) == (j, 1)
+        life.finish(j, 1, m, [{"name": "x.png", "size": 1, "sha256": "0" * 64}])
+        assert life.claim(b, j, lease_expires=1e12) == (j, 2)
+        life.finish(j, 2, b, [])
+        assert life.claim(m, j, lease_expires=1e12) == (j, 3)  # held when she is caught
+        assert life.claim(here, j) == (j, 4)
+        life.finish(j, 4, here, [])
+        why = "re-rendered: mallory returned wrong pixels in frame 3 of distren://a/job/1"
+        assert life.distrust("mallory", m, "returned wrong pixels in frame 3", why) == [(j, 1), (j, 3), (j, 4)]
+        got = {f.frame_id: (f.state, f.server, f.files) for f in store.frames(j)}
+        assert got == {1: (QUEUED, None, []), 2: (DONE, b, []), 3: (QUEUED, None, []), 4: (QUEUED, None, [])}
+        reasons = {f.frame_id: f.reason for f in store.frames(j)}
+        assert reasons[1] == reasons[3] == why
+        assert reasons[4] == "re-rendered: it was made from distren://a/job/1/frame/1, which came from mallory"
+        assert store.get_job(done_job).state == DONE  # a delivered job is not reopened
+        assert store.trust("mallory")["mallory"]["reason"] == "returned wrong pixels in frame 3"
+        assert not life.job_done(j)  # a rebundle racing with the distrust does not finish the job
+        # 4 waits for 1 again: 1 and 3 are ready, 4 is not.
+        assert [life.claim(b, j, lease_expires=1e12) for _ in range(3)] == [(j, 1), (j, 3), None]
+        with pytest.raises(Conflict):  # her late upload of the frame she held changes nothing
+            life.finish(j, 3, m, [])
+    finally:
+        store.close()
