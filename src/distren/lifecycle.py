@@ -153,8 +153,7 @@ class Lifecycle:
                 self._dep_target_is(t, url, "stuck", f"{url}: its job was cancelled")
 
     def job_done(self, job_id: int) -> bool:
-        """The result is rebundled: the job is done (again: nothing happens). False when a frame
-        was taken back meanwhile (:meth:`distrust`): the job goes on, and is rebundled again."""
+        """The result is rebundled: the job is done; False if a frame was taken back (:meth:`distrust`)."""
         with self._tx() as t:
             state = self.store.job_state(t.db, job_id)
             if state not in (DONE, CANCELLED) and self.store.unfinished_frames(t.db, job_id):
@@ -353,27 +352,20 @@ class Lifecycle:
             self._dep_target_is(t, dep, target_state, reason)
 
     def distrust(self, name: str, server: str, reason: str, requeue_reason: str) -> list[tuple[int, int]]:
-        """This origin found wrong pixels from ``server`` (named ``name``): in one transaction,
-        stop trusting it and put back in the queue every frame of a job under way that it holds
-        or rendered, and every frame done here from their files. Returns the frames requeued.
-        A job that is done already stays done (its result was delivered)."""
+        """Wrong pixels from ``server`` (``name``): in one transaction, distrust it and requeue the frames
+        of jobs under way it holds or rendered, and those made from them. Returns the frames requeued."""
         with self._tx() as t:
             self.store.set_untrusted(t.db, name, reason, t.now)
             todo = [(j, f, s, requeue_reason) for j, f, s in self.store.frames_held_by(t.db, server, (RENDERING, DONE))]
             requeued: list[tuple[int, int]] = []
-            while todo:
-                job_id, frame_id, state, why = todo.pop(0)
-                if (job_id, frame_id) in requeued:
-                    continue
-                self._frame_to(t, job_id, frame_id, QUEUED, why, server=None, lease_expires=None, files=[],
-                               finished=None)
-                requeued.append((job_id, frame_id))
-                if state != DONE:
-                    continue
-                url = self.store.frame_url(job_id, frame_id)
-                for dj, df, ds in self.store.set_dep_target(t.db, url, "waiting"):
-                    if ds in (RENDERING, DONE) and self.store.job_state(t.db, dj) not in (DONE, CANCELLED):
-                        todo.append((dj, df, ds, f"re-rendered: it was made from {url}, which came from {name}"))
+            for job_id, frame_id, state, why in todo:  # todo grows: the frames made from those requeued
+                if (job_id, frame_id) not in requeued:
+                    self._frame_to(t, job_id, frame_id, QUEUED, why, server=None, lease_expires=None, files=[],
+                                   finished=None)
+                    requeued.append((job_id, frame_id))
+                    url = self.store.frame_url(job_id, frame_id)
+                    todo += [(j, f, s, f"re-rendered: it was made from {url}, which came from {name}")
+                             for j, f, s in (self.store.made_from(t.db, url) if state == DONE else ())]
             for job_id in sorted({j for j, _ in requeued}):
                 self._follow(t, job_id, requeue_reason)
         return requeued

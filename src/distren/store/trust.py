@@ -39,3 +39,9 @@ class Trust:
             "SELECT f.job_id, f.frame_id, f.state FROM frames f JOIN jobs j ON j.id=f.job_id"
             f" WHERE f.server=? AND f.state IN ({','.join('?' * len(states))})"
             " AND j.state NOT IN ('done', 'cancelled') ORDER BY f.job_id, f.frame_id", (server, *states))]
+
+    def made_from(self, db, url: str) -> list[tuple[int, int, str]]:
+        """(job, frame, state) of the frames made, or being made, from the files of the frame
+        ``url`` in jobs under way; the frames that wait for ``url`` wait for it again."""
+        return [(j, f, s) for j, f, s in self.set_dep_target(db, url, "waiting")
+                if s in ("rendering", "done") and self.job_state(db, j) not in ("done", "cancelled")]
