@@ -151,7 +151,7 @@ class Mallory:
         """An announcement of ``job_url`` signed with HER key, whatever origin it claims."""
         ann = {"job": job_url, "origin": origin or self.name, "address": self.address, "backends": ["povray"],
                "key": self.id.public, "bundle_sha256": "0" * 64, "frames": frames, "created": time.time(),
-               "active": active, **extra}
+               "active": active, "expires": time.time() + 3600, **extra}
         ann["signature"] = self.id.sign(announcement_text(ann))
         return ann
 

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import POV_ANIM, last_line, status, wait_for
+from distren.gossip import announcement_text
 from mallory import Mallory, Tarpit
 
 pytestmark = pytest.mark.e2e
@@ -62,3 +63,58 @@ def test_origins_at_tarpit_addresses_do_not_stall_a_job(start_server, tmp_path):
         m.close()
         for p in pits:
             p.close()
+
+
+def live_jobs(m: Mallory, server) -> dict[str, dict]:
+    """The live records ``server`` offers its peers, by job URL (a peer's full pull)."""
+    r = m.state(server)
+    assert r.status_code == 200, r.text
+    return {a["job"]: a for a in r.json()["announcements"] if a["active"]}
+
+
+def test_an_announcement_expires_unless_its_origin_re_signs_it(start_server, tmp_path):
+    b = start_server("b", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--announce-ttl", "12", "--peer", b.http)
+    url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "32", "--height", "24", "--frames", "1-2"))
+    m = Mallory("mallory", tmp_path / "m.key")
+    try:
+        assert m.introduce(b).status_code == 200
+        hers = m.announcement("distren://mallory/job/1", expires=time.time() + 3)
+        assert m.announce(b, hers).json() == {"news": True}
+        first = wait_for(lambda: live_jobs(m, b).get(url), "b to learn a's job")
+        assert hers["job"] in live_jobs(m, b)
+        # Mallory never re-signs hers: gone from what b offers once it expires. a re-signs its own
+        # before a third of its 12 s is left, and b takes the fresher record from a.
+        wait_for(lambda: hers["job"] not in live_jobs(m, b), "mallory's record to expire", 15)
+        later = wait_for(lambda: (r := live_jobs(m, b).get(url)) and r["expires"] >= first["expires"] + 6 and r,
+                         "a's re-signed record at b", 30)
+        assert later["signature"] != first["signature"]
+        # A record that claims to live for ever is refused; one without an expiry too.
+        r = m.announce(b, m.announcement("distren://mallory/job/2", expires=time.time() + 10 * 86400))
+        assert r.status_code == 400 and "expires more than 24 hours ahead" in r.json()["error"]
+        no_expiry = m.announcement("distren://mallory/job/3")
+        del no_expiry["expires"]
+        no_expiry["signature"] = m.id.sign(announcement_text(no_expiry))
+        r = m.announce(b, no_expiry)
+        assert r.status_code == 400 and "expires must be a time" in r.json()["error"]
+    finally:
+        m.close()
+
+
+def test_a_relaying_peer_introduces_at_most_its_bound_of_unknown_origins(start_server, tmp_path):
+    b = start_server("b", "--slots", "0", "--new-origins-per-hour", "3")
+    m = Mallory("mallory", tmp_path / "m.key")
+    try:
+        assert m.introduce(b).status_code == 200
+        codes = [m.announce(b, m.announcement(f"distren://x{i}/job/1", origin=f"x{i}")).status_code
+                 for i in range(6)]
+        assert codes[3:] == [429, 429, 429], codes
+        assert 429 not in codes[:3], codes
+        # Her own jobs are not introductions: they are still taken.
+        assert m.announce(b, m.announcement("distren://mallory/job/1")).json() == {"news": True}
+        origins = {a["origin"] for a in live_jobs(m, b).values()}
+        assert len(origins - {"mallory"}) <= 3 and "mallory" in origins, origins
+        r = m.announce(b, m.announcement("distren://x9/job/1", origin="x9"))
+        assert r.status_code == 429 and "mallory has introduced 3 unknown origins" in r.json()["error"]
+    finally:
+        m.close()

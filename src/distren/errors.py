@@ -93,6 +93,12 @@ class TooLarge(DistrenError):
     status = 413
 
 
+class TooManyRequests(DistrenError):
+    """One source asked too often (e.g. hellos); it may ask again later."""
+
+    status = 429
+
+
 class RemoteError(DistrenError):
     """Another server failed to answer (it said 5xx): not the asker's fault, worth retrying."""
 
@@ -117,6 +123,7 @@ class SandboxUnavailable(DistrenError):
 
 _BY_STATUS: dict[int, type[DistrenError]] = {
     cls.status: cls for cls in (DistrenError, Unauthorized, Forbidden, NotFound, Conflict, Gone, TooLarge,
+                                TooManyRequests,
                                 RemoteError, ServerUnreachable)
 }
 

@@ -26,7 +26,7 @@ from .identity import Identity
 from .jobs import JobFiles, Jobs
 from .lifecycle import Lifecycle
 from .origin import Origin
-from .gossip import Gossip
+from .gossip import ANNOUNCE_TTL, NEW_ORIGINS_PER_HOUR, Gossip
 from .peering import Peering, check_address
 from .previews import Previews
 from .renderer import Renderer
@@ -66,6 +66,8 @@ class Settings:
     max_result_bytes: int = 2 * sandbox.GiB  # what a peer's frame upload may be and unpack to
     verify_first: int = FIRST  # a new renderer's frames checked, all of them
     verify_share: float = SHARE  # then this share of its frames
+    announce_ttl: float = ANNOUNCE_TTL  # our records live this long unless re-signed (at a third left)
+    new_origins_per_hour: int = NEW_ORIGINS_PER_HOUR  # unknown origins one relaying peer may introduce
 
 
 class Server:
@@ -86,7 +88,8 @@ class Server:
         # renderer's remote dependencies after each sync; both rooms are made after it.
         self.gossip = Gossip(self.peering, s.peers, self.store, self.transport, self.jobfiles, s.slots,
                              lambda: self.scheduler.rendering_now(), wake.set,
-                             lambda: self.renderer.poll_remote_deps())
+                             lambda: self.renderer.poll_remote_deps(), announce_ttl=s.announce_ttl,
+                             new_origins_per_hour=s.new_origins_per_hour)
         self.renderer = Renderer(self.url.name, self.store, self.life, self.transport, s.data / "cache",
                                  self.peering.known_address, self.peering.introduce, wake.set, s.slots)
         self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,

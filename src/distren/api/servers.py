@@ -59,16 +59,22 @@ def router(server: Server) -> APIRouter:
     async def hello(body: dict):
         return await run_in_threadpool(peering.accept_hello, body)
 
+    def hops(request: Request) -> int:
+        try:
+            return max(0, int(request.query_params.get("hops") or 0))
+        except ValueError:
+            raise DistrenError("malformed request: hops must be the relays since the origin (a number)") from None
+
     @api.post("/fed/announce")
     async def announce(request: Request):
         sender, body = await signed(request)
-        news = await run_in_threadpool(gossip.receive, sender, json_body(body))
+        news = await run_in_threadpool(gossip.receive, sender, json_body(body), hops(request))
         return {"news": news}
 
     @api.get("/fed/state")
     async def fed_state(request: Request):
         sender, _ = await signed(request)
-        return await run_in_threadpool(gossip.state, sender)
+        return await run_in_threadpool(gossip.state, sender, request.query_params.get("since"))
 
     def grant(request: Request):
         job_id = int(request.path_params["job_id"])

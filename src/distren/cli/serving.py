@@ -33,6 +33,11 @@ def serve(
                                         "another server without a renewal (renewed every third of it)."),
     blocklist_threshold: int = typer.Option(3, "--blocklist-threshold", min=1, help="Frames of one job another "
                                             "server may fail or let run out before it gets none of them."),
+    announce_ttl: float = typer.Option(3600.0, "--announce-ttl", min=1.0, max=86400.0, help="Seconds the "
+                                       "records announcing this server's jobs live unless re-signed (it re-signs "
+                                       "them when a third is left): a job whose server is gone stops being offered."),
+    new_origins_per_hour: int = typer.Option(100, "--new-origins-per-hour", min=0, help="Servers unknown here "
+                                             "that one peer may introduce in an hour by relaying their jobs."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection may take to send "
                                          "its request headers before it is dropped."),
     max_connections: Optional[int] = typer.Option(None, "--max-connections", help="Open connections at most; "
@@ -71,6 +76,7 @@ def serve(
                              limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
                              verify_first=verify_first, verify_share=verify_share,
+                             announce_ttl=announce_ttl, new_origins_per_hour=new_origins_per_hour,
                              max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())

@@ -1,7 +1,7 @@
 """Persistence: one SQLite database (WAL) plus files under the server's data folder.
 
 All SQL lives in this package, one module per concern (db, migrations, users, jobs, frames,
-leases, peers, nonces, trust); :class:`Store` is all of them on one connection and one lock. Schema changes
+leases, peers, announcements, nonces, trust); :class:`Store` is all of them on one connection and one lock. Schema changes
 are numbered migrations, applied in order at start and recorded in ``PRAGMA user_version``. Which state change to make is decided by
 :mod:`distren.lifecycle`, inside a transaction it opens here (:meth:`Store.tx`); the small
 functions it calls write each change with its reason to the ``events`` table in that same
@@ -20,6 +20,7 @@ Layout of the data folder::
 
 from __future__ import annotations
 
+from .announcements import Announcements
 from .db import Database
 from .frames import FrameRow, Frames
 from .jobs import Event, JobRow, Jobs, no_such_job
@@ -33,6 +34,6 @@ from .users import Users
 __all__ = ["MIGRATIONS", "Event", "FrameRow", "JobRow", "Store", "no_such_job"]
 
 
-class Store(Database, Users, Jobs, Frames, Leases, Peers, Nonces, Trust):
+class Store(Database, Users, Jobs, Frames, Leases, Peers, Announcements, Nonces, Trust):
     """One data folder's database: the connection and lock of :class:`Database`, and the SQL of
     each concern."""

@@ -123,4 +123,14 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 7: announcements that expire unless re-signed, and a counter of changes, so a peer's sync
+    # asks only for what changed. Records kept from before live a day more (their origins re-sign).
+    """
+    ALTER TABLE announcements ADD COLUMN expires REAL;
+    ALTER TABLE announcements ADD COLUMN heard REAL;
+    ALTER TABLE announcements ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE announcements SET expires = received + 86400, heard = received, seq = rowid;
+    CREATE INDEX announcements_by_seq ON announcements(seq);
+    CREATE INDEX announcements_by_origin ON announcements(origin, heard);
+    """,
 ]

@@ -1,4 +1,4 @@
-"""Peers (pinned by name and key) and the announcements heard of their jobs."""
+"""Peers, pinned by name and key (the announcements of their jobs are :mod:`.announcements`)."""
 
 from __future__ import annotations
 
@@ -54,26 +54,3 @@ class Peers:
             else:
                 db.execute("UPDATE peers SET last_heard=?, slots=?, rendering=? WHERE name=?",
                            (time.time(), slots, json.dumps(rendering or []), name))
-
-    def record_announcement(self, job: str, origin: str, body: dict, active: bool) -> bool:
-        """Store what we heard of a job. True when it is news (to be relayed)."""
-        with self._tx() as db:
-            row = db.execute("SELECT active FROM announcements WHERE job=?", (job,)).fetchone()
-            if row is not None and (not row[0] or row[0] == int(active)):
-                return False  # known already, or withdrawn for good
-            db.execute("INSERT INTO announcements(job, origin, body, active, received) VALUES(?,?,?,?,?)"
-                       " ON CONFLICT(job) DO UPDATE SET active=excluded.active, body=excluded.body",
-                       (job, origin, json.dumps(body, sort_keys=True), int(active), time.time()))
-            return True
-
-    def announcements(self, active_only: bool = True) -> list[dict]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT body, active FROM announcements" + (" WHERE active=1" if active_only else "")
-                + " ORDER BY received").fetchall()
-        return [json.loads(r[0]) for r in rows]  # as their origin signed them
-
-    def forget_announcement(self, job: str) -> None:
-        """Stop considering a job whose origin says it is gone (the signed record stays)."""
-        with self._tx() as db:
-            db.execute("UPDATE announcements SET active=0 WHERE job=?", (job,))
