@@ -50,7 +50,6 @@ ANNOUNCE_TTL = 3600.0  # a record's life; its origin re-signs it when a third is
 MAX_TTL = 86400.0  # a record that claims to live longer is refused
 NEW_ORIGINS_PER_HOUR = 100  # unknown origins one relaying peer may introduce in an hour
 FORGET_AFTER = 86400.0  # an origin not heard of for this long is forgotten
-FULL_SYNC_EVERY = 600.0  # a neighbour's whole state is pulled again this often (a check on the cursor)
 MAINTAIN_EVERY = 30.0  # re-signing and forgetting
 
 
@@ -91,9 +90,12 @@ class Gossip:
         self.forget_after = forget_after
         self._new_origins = NewOrigins(new_origins_per_hour)
         self._verified: OrderedDict[str, None] = OrderedDict()  # signatures of records taken already
-        self._cursors: dict[str, tuple[int, float]] = {}  # peer -> (its cursor, when pulled whole)
+        # peer -> its cursor in its last answer. A record missed (refused for a while) comes again
+        # when its origin re-signs it, so no pass ever needs more than what changed.
+        self._cursors: dict[str, int] = {}
         self._answers: OrderedDict[tuple[int, int], list] = OrderedDict()  # (since, cursor) -> records
         self._maintained = 0.0
+        self._memo = threading.Lock()  # guards the two memories above (API and sync threads)
 
     @property
     def name(self) -> str:
@@ -179,7 +181,9 @@ class Gossip:
         check_address(address)
         if active and not _live(ann, job):
             return False  # expired: its origin did not re-sign it in time
-        if origin == self.name or sig in self._verified:
+        with self._memo:
+            taken = sig in self._verified
+        if origin == self.name or taken:
             return False  # our own job echoed back, or a record taken already
         verify(key, announcement_text(ann), sig)
         pinned = self.store.peer_key(origin)
@@ -192,9 +196,10 @@ class Gossip:
         elif pinned != key:
             raise Conflict(f"announcement of {job} carries a key for {origin!r} that differs from the pinned one")
         news = self.store.record_announcement(str(job), origin, {k: v for k, v in ann.items()}, active)
-        self._verified[sig] = None
-        while len(self._verified) > 100_000:
-            self._verified.popitem(last=False)
+        with self._memo:
+            self._verified[sig] = None
+            while len(self._verified) > 100_000:
+                self._verified.popitem(last=False)
         if news:
             log.info("%s %s (via %s)", "announced" if active else "withdrawn", job, sender)
             onward = relay_hops(hops)
@@ -225,11 +230,14 @@ class Gossip:
         and a new server's whole pull is parsed once per change, not once per asker."""
         cursor, texts = self.store.announcement_changes(since)
         key = (since, cursor)
-        records = self._answers.get(key)
+        with self._memo:
+            records = self._answers.get(key)
         if records is None:
-            records = self._answers[key] = [json.loads(t) for t in texts]
-            while len(self._answers) > 32:
-                self._answers.popitem(last=False)
+            records = [json.loads(t) for t in texts]
+            with self._memo:
+                self._answers[key] = records
+                while len(self._answers) > 32:
+                    self._answers.popitem(last=False)
         return cursor, records
 
     def _sync_loop(self) -> None:
@@ -295,9 +303,7 @@ class Gossip:
             log.info("peer %s not reachable yet (%s)", address, e)
 
     def _pull(self, name: str, address: str) -> None:
-        cursor, whole = self._cursors.get(name, (0, 0.0))
-        if time.monotonic() - whole > FULL_SYNC_EVERY:
-            cursor = 0
+        cursor = self._cursors.get(name, 0)
         try:
             st = self.transport.call("GET", address, f"/fed/state?since={cursor}", retries=0, timeout=STATE_TIMEOUT,
                                      to=name).json()
@@ -310,7 +316,7 @@ class Gossip:
             return
         self.store.peer_heard(name, _int(st.get("slots")), _strings(st.get("rendering")))
         self.take(name, st.get("announcements"))
-        self._cursors[name] = (_int(st.get("cursor"), 1 << 62), time.monotonic() if cursor == 0 else whole)
+        self._cursors[name] = _int(st.get("cursor"), 1 << 62)
 
     def take(self, sender: str, records) -> int:
         """Records pulled from ``sender``; returns how many were news."""

@@ -27,7 +27,7 @@ def choose_neighbours(me: str, peers: Iterable[dict], configured: Iterable[str] 
     then others up to ``k`` in all, those ``resting`` (backing off) last."""
     configured, resting = set(configured), set(resting)
     peers = [p for p in peers if p["name"] != me]
-    chosen = [p for p in peers if p["address"] in configured]
+    chosen = sorted((p for p in peers if p["address"] in configured), key=lambda p: p["name"])
     rest = sorted((p for p in peers if p["address"] not in configured),
                   key=lambda p: (p["name"] in resting, hashlib.sha256(f"{me}\n{p['name']}".encode()).digest()))
     return chosen + rest[:max(0, k - len(chosen))]
