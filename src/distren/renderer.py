@@ -173,16 +173,15 @@ class Renderer:
     def _prefetch(self, jf: jobfile.JobFile, frame: jobfile.Frame) -> None:
         """The files of the frames ``frame`` depends on that live on other servers, fetched here
         (off the slot) into the cache the slot reads them from."""
+        mine = urls.FrameURL(jf.job_url.server, jf.job_url.job_id, frame.id)
         for dep in frame.deps:
             target = urls.resolve_frame(dep, jf.job_url)
-            if target.server != self.name:
-                self._prefetch_one(target)
-
-    def _prefetch_one(self, target: urls.FrameURL) -> None:
-        try:
-            self.fetch_frame_files(target)
-        except DistrenError as e:  # the slot tries again, and fails the frame if it must
-            log.info("could not fetch %s ahead of its render: %s", target, e)
+            if target.server == self.name:
+                continue
+            try:
+                self.fetch_frame_files(target, mine)
+            except DistrenError as e:  # the slot tries again, and fails the frame if it must
+                log.info("could not fetch %s ahead of its render: %s", target, e)
 
     def _lease_any(self, origin: str) -> RemoteWork | None:
         # Where the origin says it is now (its hello) beats where it was when it announced.
@@ -380,10 +379,6 @@ class Renderer:
                 continue
             state = st.get("state")
             if state == states.DONE:
-                try:  # its files, fetched now on an asker thread rather than later by a slot
-                    self._askers.submit(self._prefetch_one, target)
-                except RuntimeError:
-                    pass  # shutting down
                 self.life.dependency(dep, "done", "done")
                 self.wake()
             elif state in (states.FAILED, states.BLOCKED) or st.get("job_state") == states.CANCELLED:
