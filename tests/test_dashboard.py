@@ -168,6 +168,43 @@ def test_admins_see_the_peers_jobs_this_server_helps_with_marked_and_escaped(sol
     assert "distren://beta/job/1" not in http.get("/").text
 
 
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+def test_forms_act_by_the_apis_rules_and_only_with_the_sessions_csrf_token(solo, bundle):
+    server, http = solo
+    admin = token_of(server)
+    bea = http.post("/api/users", json={"name": "bea"}, headers={"Authorization": f"Bearer {admin}"}).json()["token"]
+    theirs, hers = submit(http, admin, bundle), submit(http, bea, bundle)
+    sign_in(http, bea)
+    csrf = csrf_of(http.get(f"/jobs/{hers}").text)
+    html_ = {"Accept": "text/html"}
+    assert http.post(f"/jobs/{hers}/cancel", data={"csrf": "forged"}, headers=html_).status_code == 403
+    assert http.post(f"/jobs/{hers}/cancel", data={}, headers=html_).status_code == 403
+    assert http.post(f"/jobs/{theirs}/cancel", data={"csrf": csrf}, headers=html_).status_code == 404
+    assert http.post(f"/jobs/{hers}/explode", data={"csrf": csrf}, headers=html_).status_code == 404
+    assert server.store.get_job(theirs).state == server.store.get_job(hers).state == "queued"
+    r = http.post(f"/jobs/{hers}/cancel", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/jobs/{hers}"
+    assert server.store.get_job(hers).state == "cancelled"
+    page = http.get(f"/jobs/{hers}").text
+    assert "cancelled by bea" in page and "Cancel the job" not in page
+    again = http.post(f"/jobs/{hers}/cancel", data={"csrf": csrf}, headers=html_)
+    assert again.status_code == 409 and "already cancelled" in again.text and "<!doctype html>" in again.text
+
+    sign_in(http, admin)
+    assert server.life.claim("distren://solo/", theirs)
+    server.life.render_failed(theirs, 1, "distren://solo/", "it broke", max_attempts=1)
+    page = http.get(f"/jobs/{theirs}/frames/1").text
+    assert "Render it again" in page
+    bad = http.post(f"/jobs/{theirs}/retry", data={"csrf": csrf_of(page), "frame": "x"}, headers=html_)
+    assert bad.status_code == 400 and "frame:" in bad.text
+    r = http.post(f"/jobs/{theirs}/retry", data={"csrf": csrf_of(page), "frame": "1"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/jobs/{theirs}/frames/1"
+    assert server.store.frame(theirs, 1).state == "queued"
+
+
 def test_live_views_are_bounded(solo, monkeypatch):
     server, http = solo
     sign_in(http, token_of(server))

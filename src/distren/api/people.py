@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Red
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from .. import __version__, states
-from ..errors import Busy, DistrenError, Forbidden, Unauthorized
+from ..errors import Busy, DistrenError, Forbidden, NotFound, Unauthorized
 from ..previews import THUMB, VIEW
 from .common import Id
 from .live import Live
@@ -185,7 +185,7 @@ def router(server: Server) -> APIRouter:
     async def live_job(request: Request, job_id: Id):
         def snapshot(who: Person) -> dict:
             job = board.job(owned(who, job_id))
-            return {"html": {"job-head": ENV.get_template("_job_head.html").render(job=job),
+            return {"html": {"job-head": ENV.get_template("_job_head.html").render(job=job, me=who),
                              "events": ENV.get_template("_events.html").render(job=job)},
                     "frames": [[f["id"], f["state"], f["server"], f["image"]] for f in job["frames"]]}
         return await stream(request, snapshot)
@@ -203,6 +203,32 @@ def router(server: Server) -> APIRouter:
         first = await run_in_threadpool(lambda: snapshot(signed_in(request)))
         return live.stream(lambda: snapshot(signed_in(request)), first)
 
+    # --- actions: forms that change a job, by the API's rules, with the session's CSRF token ---
+
+    def retry(job_id: int, by: str, form: dict[str, str]) -> None:
+        frame = form.get("frame", "")
+        if not frame.isdigit() or len(frame) > 18:
+            raise DistrenError("frame: the id of the frame to render again")
+        server.jobs.retry(job_id, int(frame), by)
+
+    actions = {"cancel": lambda job_id, by, form: server.jobs.cancel(job_id, by), "retry": retry}
+
+    @web.post("/jobs/{job_id}/{action}")
+    async def job_action(request: Request, job_id: Id, action: str):
+        same_origin(request)
+        form = await posted(request)
+
+        def act() -> None:
+            who = signed_in(request)
+            if not Sessions.csrf_ok(who.session, form.get("csrf")):
+                raise Forbidden("the form is stale or from another site; reload the page and try again")
+            if action not in actions:
+                raise NotFound(f"no action {action[:40]!r}; there are {', '.join(sorted(actions))}")
+            actions[action](owned(who, job_id), who.name, form)
+        await run_in_threadpool(act)
+        back = f"/jobs/{job_id}" + (f"/frames/{form['frame']}" if action == "retry" else "")
+        return RedirectResponse(back, status_code=303)
+
     # --- signing in and out ---
 
     @web.get("/signin", response_class=HTMLResponse)
@@ -212,9 +238,9 @@ def router(server: Server) -> APIRouter:
     @web.post("/signin")
     async def signin(request: Request):
         same_origin(request)
-        form = parse_qs((await request.body()).decode(errors="replace"))
-        token = (form.get("token") or [""])[0].strip()
-        back = local((form.get("next") or ["/"])[0])
+        form = await posted(request)
+        token = form.get("token", "").strip()
+        back = local(form.get("next"))
         try:
             await run_in_threadpool(users.authenticate, token or None)
         except Unauthorized as e:
@@ -228,10 +254,10 @@ def router(server: Server) -> APIRouter:
     @web.post("/signout")
     async def signout(request: Request):
         same_origin(request)
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        form = await posted(request)
         session = sessions.get(request.cookies.get(COOKIE))
         if session is not None:
-            if not Sessions.csrf_ok(session, (form.get("csrf") or [""])[0]):
+            if not Sessions.csrf_ok(session, form.get("csrf")):
                 raise Forbidden("the form is stale or from another site; reload the page and try again")
             sessions.drop(request.cookies.get(COOKIE))
         response = RedirectResponse("/signin", status_code=303)
@@ -239,6 +265,11 @@ def router(server: Server) -> APIRouter:
         return response
 
     return web
+
+
+async def posted(request: Request) -> dict[str, str]:
+    """A form's fields (the first of each; BodyLimit bounds the body)."""
+    return {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace")).items()}
 
 
 def local(target: str | None) -> str:
