@@ -4,7 +4,7 @@ A stream wakes when the lifecycle's bus publishes a change (the bus calls from t
 thread; the stream is woken with ``call_soon_threadsafe``, which never blocks), or every few
 seconds for what the bus does not carry (peers' state). It then asks ``snapshot`` in a worker
 thread (SQLite is never touched on the event loop) and sends it only if it differs from the last
-one sent. Bursts coalesce: a stream sends at most one update per MIN_INTERVAL, always the
+one sent (a snapshot may itself leave out what it sent before). Bursts coalesce: a stream sends at most one update per MIN_INTERVAL, always the
 newest, so a slow reader never makes anyone queue up old updates. At most MAX_CLIENTS streams
 are open at once."""
 

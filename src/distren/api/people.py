@@ -183,11 +183,19 @@ def router(server: Server) -> APIRouter:
 
     @web.get("/live/jobs/{job_id}")
     async def live_job(request: Request, job_id: Id):
+        sent: dict[int, list] = {}  # this stream's frames as last sent: a job may have 100,000
+
         def snapshot(who: Person) -> dict:
             job = board.job(owned(who, job_id))
+            changed = []
+            for f in job["frames"]:
+                row = [f["id"], f["state"], f["server"], f["image"]]
+                if sent.get(f["id"]) != row:
+                    sent[f["id"]] = row
+                    changed.append(row)
             return {"html": {"job-head": ENV.get_template("_job_head.html").render(job=job, me=who),
                              "events": ENV.get_template("_events.html").render(job=job)},
-                    "frames": [[f["id"], f["state"], f["server"], f["image"]] for f in job["frames"]]}
+                    "frames": changed}
         return await stream(request, snapshot)
 
     @web.get("/live/servers")
