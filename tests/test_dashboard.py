@@ -252,6 +252,24 @@ def test_thumbnails_of_rendered_frames_are_made_in_the_sandbox_and_cached(tmp_pa
         server.stop()
 
 
+def test_a_movie_jobs_page_offers_the_movie(tmp_path):
+    out = tmp_path / "movie.tar"
+    pack(SCENES / "textured" / "textured.ini", out, 32, 24, "1-3", movie=True)
+    server, http = in_process(tmp_path, slots=2)
+    try:
+        job = submit(http, token_of(server), out)
+        wait_for(lambda: server.store.get_job(job).state == "done", "the movie job to render", timeout=90)
+        sign_in(http, token_of(server))
+        page = http.get(f"/jobs/{job}").text
+        assert f'<video class="movie" controls preload="none" src="/jobs/{job}/movie">' in page
+        movie = http.get(f"/jobs/{job}/movie")
+        assert movie.status_code == 200 and movie.headers["content-type"] == "video/mp4"
+        assert movie.content[4:8] == b"ftyp"  # an MP4's first box
+        assert page.count("/thumb.png?v=") == 3  # the frames; the movie frame has no image
+    finally:
+        server.stop()
+
+
 def test_a_server_stops_promptly_with_a_live_view_open(start_server):
     server = start_server("alpha", "--slots", "0")
     with httpx.Client(base_url=server.http) as c:
