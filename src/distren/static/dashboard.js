@@ -45,7 +45,9 @@
     const data = JSON.parse(e.data);
     for (const [id, html] of Object.entries(data.html || {})) {
       const el = document.getElementById(id);
-      if (el) el.innerHTML = html;  // rendered and escaped by the server's templates
+      // Not while someone types in a form there (the priority): the next update brings it.
+      const typing = document.activeElement && document.activeElement.tagName === "INPUT";
+      if (el && !(typing && el.contains(document.activeElement))) el.innerHTML = html;  // escaped by the server's templates
     }
     if (data.frames) frames(data.frames);
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
