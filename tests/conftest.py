@@ -122,6 +122,15 @@ def wait_for(predicate, what: str = "condition", timeout: float = 60):
     return value
 
 
+def accept(origin: ServerProc, *names: str, timeout: float = 30) -> None:
+    """What the admin of ``origin`` does under the default policy (approve) when servers ask to
+    peer: wait until each is pending, then `distren peers accept` it."""
+    for name in names:
+        wait_for(lambda: name in {p["name"] for p in json.loads(origin.cli("peers", "pending", "--json").stdout)},
+                 f"{name} to ask {origin.name} to peer", timeout)
+        origin.cli("peers", "accept", name)
+
+
 def last_line(res: subprocess.CompletedProcess) -> str:
     """What `distren submit` prints last: the job's URL."""
     return res.stdout.strip().splitlines()[-1]

@@ -27,10 +27,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+from nacl.signing import SigningKey
 
 from distren.gossip import announcement_text
 from distren.identity import Identity
 from distren.peering import hello_text
+
+
+def client_from(source: str | None = None) -> httpx.Client:
+    """An HTTP client whose connections come from ``source`` (any 127.x.y.z works on loopback)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=source) if source else None)
+
+
+def fresh_hello(name: str, address: str) -> tuple[Identity, dict]:
+    """A hello of a server that did not exist a moment ago: a new key, any name and address."""
+    ident = Identity(name, SigningKey.generate())
+    ts = f"{time.time():.3f}"
+    return ident, {"name": name, "address": address, "key": ident.public, "time": ts,
+                   "signature": ident.sign(hello_text(name, address, ident.public, ts))}
 
 
 class Mallory:
@@ -42,6 +56,7 @@ class Mallory:
         self.sent: list[tuple[str, str, dict, bytes]] = []  # every request she signed, to replay
         # (method, path) -> (status, JSON body) for her own server; hello and state by default.
         self.answer: Callable[[str, str], tuple[int, dict]] = self._default_answer
+        self.claims: str | None = None  # the name her own server answers hellos as (default: hers)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self.address = f"http://127.0.0.1:{self._httpd.server_address[1]}"
@@ -61,7 +76,7 @@ class Mallory:
 
     def _default_answer(self, method: str, path: str) -> tuple[int, dict]:
         if path == "/fed/hello":
-            return 200, self.hello()
+            return 200, self.hello(self.claims)
         if path.startswith("/fed/state"):
             return 200, {"name": self.name, "slots": self.slots, "backends": self.backends, "rendering": [],
                          "announcements": []}
@@ -92,9 +107,11 @@ class Mallory:
 
     # --- what she asks of others -----------------------------------------------------------
 
-    def introduce(self, server, **hello) -> httpx.Response:
-        """Her hello to ``server`` (a conftest.ServerProc); ``hello`` overrides name/address."""
-        return httpx.post(f"{server.http}/fed/hello", json=self.hello(**hello), timeout=30)
+    def introduce(self, server, source: str | None = None, **hello) -> httpx.Response:
+        """Her hello to ``server`` (a conftest.ServerProc); ``hello`` overrides name/address;
+        ``source``: the loopback address she sends from (e.g. 127.0.0.2)."""
+        with client_from(source) as c:
+            return c.post(f"{server.http}/fed/hello", json=self.hello(**hello), timeout=30)
 
     def call(self, server, method: str, path: str, body: bytes | dict = b"", digest: str | None = None,
              headers: dict | None = None, timeout: float = 60) -> httpx.Response:
@@ -185,3 +202,19 @@ class Tarpit:
         self._sock.close()
         for c in self._held:
             c.close()
+
+
+def as_peer(server, name: str, keyfile: Path) -> Identity:
+    """A peer of ``server`` (a conftest.ServerProc) reduced to its key, for tests that sign their
+    own calls: its hello is confirmed at a real loopback address (a Mallory's), and accepted by
+    the server's admin if the policy made it wait."""
+    m = Mallory(name, keyfile)
+    try:
+        r = m.introduce(server)
+        assert r.status_code == 200, r.text
+        if r.json().get("peering") == "pending":
+            r = httpx.post(f"{server.http}/api/peers/{name}/accept", headers={"Authorization": f"Bearer {server.token}"})
+            assert r.status_code == 200, r.text
+    finally:
+        m.close()
+    return m.id

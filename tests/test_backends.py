@@ -45,7 +45,7 @@ def fake_bundle(path: Path, frames: int) -> Path:
 
 def test_only_servers_with_the_backend_lease_its_frames(start_server, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(PLUGINS))
-    a = start_server("a", "--slots", "0", "--plugin", "fakeray")
+    a = start_server("a", "--slots", "0", "--plugin", "fakeray", "--allow", "b", "--allow", "c")
     start_server("b", "--slots", "2", "--peer", a.http)  # povray, stitch, movie only
     start_server("c", "--slots", "1", "--peer", a.http, "--plugin", "fakeray")
     token = {"Authorization": f"Bearer {a.token}"}
@@ -67,7 +67,7 @@ def test_only_servers_with_the_backend_lease_its_frames(start_server, tmp_path, 
 
 def test_state_and_announcements_name_backends(start_server, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(PLUGINS))
-    a = start_server("a", "--slots", "0", "--plugin", "fakeray")
+    a = start_server("a", "--slots", "0", "--plugin", "fakeray", "--allow", "b")
     b = start_server("b", "--slots", "0", "--peer", a.http)
     token = {"Authorization": f"Bearer {a.token}"}
     httpx.post(f"{a.http}/api/jobs", content=fake_bundle(tmp_path / "fake.tar", 2).read_bytes(), headers=token)

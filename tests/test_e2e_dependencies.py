@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def trio(start_server):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")  # one admin's farm
     b = start_server("b", "--slots", "1", "--peer", a.http)
     c = start_server("c", "--slots", "1", "--peer", a.http)
     return a, b, c
@@ -115,7 +115,7 @@ def test_failed_dependency_blocks_dependents_until_retried(start_server, tmp_pat
     """Frame 2 fails (its scene reads a file that is missing); frames 3-6 chain on it and are
     blocked with the reason. Once the file exists (the frame is fixed) and frame 2 is retried,
     the job completes."""
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b")
     b = start_server("b", "--slots", "1", "--peer", a.http)
     scene = tmp_path / "flaky"
     scene.mkdir()

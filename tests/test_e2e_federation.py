@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from conftest import POV_ANIM, SCENES, assert_frames_match, last_line, povray_reference, status, wait_for
+from conftest import POV_ANIM, SCENES, accept, assert_frames_match, last_line, povray_reference, status, wait_for
 from distren.identity import Identity
+from mallory import Mallory
 
 pytestmark = pytest.mark.e2e
 FZ = POV_ANIM / "fractalzoom"
@@ -27,7 +28,8 @@ def events(server, job_id: int) -> list[dict]:
 
 @pytest.fixture
 def trio(start_server):
-    a = start_server("a", "--slots", "0", "--lease-timeout", "2")
+    # One admin's farm: a accepts b and c by name; they were told where a is.
+    a = start_server("a", "--slots", "0", "--lease-timeout", "2", "--allow", "b", "--allow", "c")
     b = start_server("b", "--slots", "1", "--peer", a.http)
     c = start_server("c", "--slots", "1", "--peer", a.http)
     return a, b, c
@@ -82,11 +84,14 @@ def test_origin_killed_mid_job_and_restarted(trio, tmp_path):
 
 
 def test_server_started_after_the_announcement_learns_of_it_through_a_relay(start_server, tmp_path):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b")
     b = start_server("b", "--slots", "1", "--peer", a.http)
     url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48", "--frames", "1-12"))
     wait_for(lambda: status(a, url)["counts"]["rendering"], what="b to start")
     start_server("late", "--slots", "1", "--peer", b.http)  # never peered with a directly
+    # Strangers to b and a: each admin accepts late (b when it asks to peer, a when it asks for work).
+    accept(b, "late")
+    accept(a, "late")
     a.cli("wait", url, "--timeout", "120")
     servers = {f["server"] for f in status(a, url)["frames"]}
     assert "distren://late/" in servers, servers
@@ -111,20 +116,24 @@ def test_unknown_forged_replayed_and_unleased_requests_are_refused(start_server)
     r = _signed(stranger, "POST", a.http, f"/fed/jobs/{job_id}/lease")
     assert r.status_code == 401 and "unknown server 'mallory'" in r.json()["error"]
 
-    tester = Identity.load_or_create("tester", a.data.parent / "t.key")
-    import time as _t
-
-    def hello(ident):
-        ts = f"{_t.time():.3f}"
-        from distren.peering import hello_text as _hello_text
-        return {"name": ident.name, "address": "http://127.0.0.1:9", "key": ident.public, "time": ts,
-                "signature": ident.sign(_hello_text(ident.name, "http://127.0.0.1:9", ident.public, ts))}
-
-    assert httpx.post(f"{a.http}/fed/hello", json=hello(tester)).json()["name"] == "a"
+    m = Mallory("tester", a.data.parent / "t.key")  # a real server at a real address
+    try:
+        r = m.introduce(a)
+        assert r.status_code == 200 and r.json()["name"] == "a" and r.json()["peering"] == "pending", r.text
+    finally:
+        m.close()
+    tester = m.id
+    r = _signed(tester, "POST", a.http, f"/fed/jobs/{job_id}/lease")
+    assert r.status_code == 403 and "awaiting approval by the admin of a" in r.json()["error"]
+    accept(a, "tester")
     # The same name with another key: refused loudly.
-    impostor = Identity("tester", Identity.load_or_create("y", a.data.parent / "i.key").key)
-    r = httpx.post(f"{a.http}/fed/hello", json=hello(impostor))
+    impostor_m = Mallory("tester", a.data.parent / "i.key")
+    try:
+        r = impostor_m.introduce(a)
+    finally:
+        impostor_m.close()
     assert r.status_code == 409 and "different key" in r.json()["error"]
+    impostor = impostor_m.id
     # A forged signature: tester's name, impostor's key.
     r = _signed(impostor, "POST", a.http, f"/fed/jobs/{job_id}/lease")
     assert r.status_code == 401 and "bad signature" in r.json()["error"]
@@ -169,6 +178,9 @@ def test_peering_at_runtime_both_ways(start_server):
     assert [r["name"] for r in json.loads(a.cli("servers", "--json").stdout)] == ["a"]
     res = b.cli("peers", "add", a.http)
     assert "peered with distren://a/" in res.stderr
+    assert "awaiting approval" in res.stderr  # a's admin has not said yes yet
+    assert [r["name"] for r in json.loads(a.cli("servers", "--json").stdout)] == ["a"]
+    accept(a, "b")
     # Both learned and pinned each other on that first contact.
     assert {r["name"] for r in json.loads(b.cli("servers", "--json").stdout)} == {"a", "b"}
     assert {r["name"] for r in json.loads(a.cli("servers", "--json").stdout)} == {"a", "b"}
@@ -185,7 +197,7 @@ def test_peering_at_runtime_both_ways(start_server):
 def test_a_renderer_keeps_rendering_its_own_jobs_while_helping_others(start_server):
     """Fairness: b (one slot) helps a's long job, yet b's own job, submitted later, does not wait
     for a's to finish; and every state change says why it happened."""
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b")
     b = start_server("b", "--slots", "1", "--peer", a.http)
     theirs = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "64", "--height", "48",
                              "--frames", "1-14"))

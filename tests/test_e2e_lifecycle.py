@@ -7,14 +7,12 @@ import hashlib
 import io
 import json
 import tarfile
-import time
 
 import httpx
 import pytest
 
 from conftest import SCENES, last_line, wait_for
-from distren.peering import hello_text as _hello_text
-from distren.identity import Identity
+from mallory import as_peer
 
 pytestmark = pytest.mark.e2e
 
@@ -24,11 +22,7 @@ class Renderer:
 
     def __init__(self, name: str, origin, tmp_path):
         self.name, self.origin = name, origin
-        self.ident = Identity.load_or_create(name, tmp_path / f"{name}.key")
-        ts = f"{time.time():.3f}"
-        hello = {"name": name, "address": "http://127.0.0.1:9", "key": self.ident.public, "time": ts,
-                 "signature": self.ident.sign(_hello_text(name, "http://127.0.0.1:9", self.ident.public, ts))}
-        assert httpx.post(f"{origin.http}/fed/hello", json=hello).status_code == 200
+        self.ident = as_peer(origin, name, tmp_path / f"{name}.key")
 
     def call(self, method: str, path: str, body: bytes = b"", headers=None) -> httpx.Response:
         digest = (headers or {}).get("X-Content-SHA256") or hashlib.sha256(body).hexdigest()

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from conftest import ServerProc, free_port
-from distren.peering import hello_text as _hello_text
+from mallory import as_peer
 from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e
@@ -243,12 +243,7 @@ def test_pack_refuses_an_absurd_frame_count_with_a_message(tmp_path):
 
 
 def peer(site, name: str) -> Identity:
-    ident = Identity.load_or_create(name, site.base.parent / f"{name}.key")
-    ts = f"{time.time():.3f}"
-    hello = {"name": name, "address": "http://127.0.0.1:9", "key": ident.public, "time": ts,
-             "signature": ident.sign(_hello_text(name, "http://127.0.0.1:9", ident.public, ts))}
-    assert httpx.post(f"{site.server.http}/fed/hello", json=hello).status_code == 200
-    return ident
+    return as_peer(site.server, name, site.base.parent / f"{name}.key")
 
 
 HUGE = str(2**63)

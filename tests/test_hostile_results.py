@@ -25,9 +25,8 @@ from PIL import Image
 
 from conftest import SCENES, ServerProc, free_port
 from distren import images, sandbox
-from distren.peering import hello_text as _hello_text
+from mallory import as_peer
 from distren.uploads import largest_file
-from distren.identity import Identity
 
 pytestmark = pytest.mark.e2e
 
@@ -102,11 +101,7 @@ class Peer:
 
     def __init__(self, origin: ServerProc, name: str, keyfile: Path):
         self.origin = origin
-        self.id = Identity.load_or_create(name, keyfile)
-        ts = f"{time.time():.3f}"
-        hello = {"name": name, "address": "http://127.0.0.1:9", "key": self.id.public, "time": ts,
-                 "signature": self.id.sign(_hello_text(name, "http://127.0.0.1:9", self.id.public, ts))}
-        assert httpx.post(f"{origin.http}/fed/hello", json=hello).status_code == 200
+        self.id = as_peer(origin, name, keyfile)
 
     def call(self, method: str, path: str, body: bytes = b"", digest: str | None = None,
              headers: dict | None = None) -> httpx.Response:

@@ -18,9 +18,10 @@ from distren.pack import pack
 from distren.service import Server, Settings
 
 
-def in_process(name: str, data: Path, slots: int = 0, lease_timeout: float = 30.0) -> tuple[Server, TestClient]:
+def in_process(name: str, data: Path, slots: int = 0, lease_timeout: float = 30.0,
+               allow: tuple[str, ...] = ()) -> tuple[Server, TestClient]:
     server = Server(Settings(name=name, data=data, slots=slots, advertise=f"http://{name}.test:80",
-                             lease_timeout=lease_timeout))
+                             lease_timeout=lease_timeout, allow=list(allow)))
     return server, TestClient(create_app(server), base_url=f"http://{name}.test")
 
 
@@ -68,7 +69,7 @@ def test_api_in_process(tmp_path, textured_bundle):
 def test_federation_in_process(tmp_path, textured_bundle):
     """Origin a renders nothing; b leases a's frames through the mock network and uploads them;
     the result a rebundles has POV-Ray's own pixels."""
-    a, a_http = in_process("a", tmp_path / "a", slots=0)
+    a, a_http = in_process("a", tmp_path / "a", slots=0, allow=("b",))
     b, b_http = in_process("b", tmp_path / "b", slots=1)
     apps = {"a.test": a_http, "b.test": b_http}
     calls: list[str] = []

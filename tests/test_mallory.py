@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import wait_for
+from conftest import accept, wait_for
 from mallory import Mallory
 
 pytestmark = pytest.mark.e2e
@@ -21,6 +21,7 @@ def test_mallory_is_a_server_the_honest_one_talks_to(start_server, tmp_path):
         r = m.introduce(alpha)
         assert r.status_code == 200, r.text
         assert r.json()["name"] == "alpha"
+        accept(alpha, "mallory")  # the default policy: alpha's admin lets her in
         assert m.state(alpha).status_code == 200  # her signed requests are accepted
         wait_for(lambda: any(p.startswith("/fed/state") for p in asked), "alpha syncing with mallory", 20)
     finally:

@@ -127,7 +127,16 @@ class Client:
         return self._request("POST", "/api/peers", json={"address": address}).json()
 
     def remove_peer(self, name: str) -> None:
-        self._request("DELETE", f"/api/peers/{name}")
+        self._request("DELETE", f"/api/peers/{quote(urls.check_server_name(name), safe='')}")
+
+    def pending_peers(self) -> list[dict]:
+        return self._request("GET", "/api/peers/pending").json()
+
+    def accept_peer(self, name: str) -> dict:
+        return self._request("POST", f"/api/peers/{quote(urls.check_server_name(name), safe='')}/accept").json()
+
+    def reject_peer(self, name: str) -> dict:
+        return self._request("POST", f"/api/peers/{quote(urls.check_server_name(name), safe='')}/reject").json()
 
     def trust_peer(self, name: str) -> dict:
         return self._request("POST", f"/api/peers/{name}/trust").json()

@@ -110,7 +110,8 @@ class ServerUnreachable(DistrenError):
 
 
 class Busy(DistrenError):
-    """The server is at a bound it keeps (live views open, previews being made): try again later."""
+    """The server is at a bound it keeps (live views open, previews being made, hellos being
+    confirmed, servers awaiting approval): try again later."""
 
     status = 503
 

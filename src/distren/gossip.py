@@ -191,8 +191,8 @@ class Gossip:
             raise TooManyRequests(f"{sender} has introduced {self._new_origins.per_hour} unknown origins in "
                                   f"the last hour, the most one peer may; {origin!r} is not taken now")
         if pinned is None:
-            # First we hear of this origin, through a peer we trust: pin it (trust on first use).
-            self.store.pin_peer(origin, address, key)
+            # Never pinned from a record: the origin is asked at its own address first.
+            self.peering.check_origin(origin, address, key)
         elif pinned != key:
             raise Conflict(f"announcement of {job} carries a key for {origin!r} that differs from the pinned one")
         news = self.store.record_announcement(str(job), origin, {k: v for k, v in ann.items()}, active)

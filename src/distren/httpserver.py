@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import logging
 import resource
+import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -144,11 +146,22 @@ def limits(header_timeout: float = DEFAULT_HEADER_TIMEOUT, max_connections: int 
     return Limits(header_timeout, connection_limit(max_connections, fds), fds)
 
 
-def serve(app, host: str, port: int, lim: Limits) -> None:
-    """Run ``app`` until interrupted."""
+def check_tls(cert: Path | None, key: Path | None) -> None:
+    """--tls-cert and --tls-key go together and must load, before anything starts."""
+    if (cert is None) != (key is None):
+        raise DistrenError("--tls-cert and --tls-key go together: the certificate (chain) and its private key, PEM")
+    if cert is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as e:
+            raise DistrenError(f"--tls-cert {cert} / --tls-key {key}: cannot load them ({e})") from None
+
+
+def serve(app, host: str, port: int, lim: Limits, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    """Run ``app`` until interrupted; over HTTPS with ``tls_cert`` and ``tls_key`` (PEM files)."""
     log.info("at most %d connections (%d open files allowed); request headers due within %g s",
              lim.max_connections, lim.fds, lim.header_timeout)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
                             http=guarded_protocol(lim.header_timeout, lim.max_connections),
-                            timeout_graceful_shutdown=SHUTDOWN_GRACE)
+                            timeout_graceful_shutdown=SHUTDOWN_GRACE, ssl_certfile=tls_cert, ssl_keyfile=tls_key)
     uvicorn.Server(config).run()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from . import backends, bundle, jobfile, states, urls
 from .backoff import Backoff
-from .errors import Conflict, DistrenError, Gone, NotFound, ServerUnreachable, Unauthorized
+from .errors import Conflict, DistrenError, Forbidden, Gone, NotFound, ServerUnreachable, Unauthorized
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -38,6 +38,7 @@ log = logging.getLogger("distren.renderer")
 IDLE_JOB_BACKOFF = 1.0
 DOWN_ORIGIN_BACKOFF = 3.0  # doubled with each failure in a row...
 MAX_ORIGIN_BACKOFF = 300.0  # ...up to this
+REFUSED_BACKOFF = 5.0  # an origin that refuses us for now (e.g. we await approval by its admin)
 ASKERS = 16  # lease questions in flight at once, each to a different origin
 MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
 
@@ -210,6 +211,10 @@ class Renderer:
                     log.info("origin %s refused a lease (%s)", origin, e)
                     self._origins.failed(origin)
                     return None
+            except Forbidden as e:  # e.g. we await approval by its admin: ask again later, not at once
+                log.info("origin %s refused a lease (%s)", origin, e)
+                self._origins.pause(origin, REFUSED_BACKOFF)
+                return None
             except DistrenError as e:
                 log.info("origin %s unreachable (%s); asking again in %.0f s", origin, e,
                          self._origins.failed(origin))

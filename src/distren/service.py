@@ -18,16 +18,15 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import sandbox, states, urls
+from . import keys, sandbox, states, urls
 from .bus import Bus
 from .dashboard import Dashboard
 from .errors import DistrenError
-from .identity import Identity
 from .jobs import JobFiles, Jobs
 from .lifecycle import Lifecycle
 from .origin import Origin
 from .gossip import ANNOUNCE_TTL, NEW_ORIGINS_PER_HOUR, Gossip
-from .peering import Peering, check_address
+from .peering import DEFAULT_POLICY, Peering, check_address
 from .previews import Previews
 from .renderer import Renderer
 from .scheduling import Scheduler
@@ -68,6 +67,9 @@ class Settings:
     verify_share: float = SHARE  # then this share of its frames
     announce_ttl: float = ANNOUNCE_TTL  # our records live this long unless re-signed (at a third left)
     new_origins_per_hour: int = NEW_ORIGINS_PER_HOUR  # unknown origins one relaying peer may introduce
+    peering: str = DEFAULT_POLICY  # who may peer: open, approve (an admin accepts) or allow-list
+    allow: list[str] = field(default_factory=list)  # names accepted on their own confirmed hello
+    tls_ca: Path | None = None  # a CA (besides the system's) that peers' certificates may be signed by
 
 
 class Server:
@@ -78,12 +80,13 @@ class Server:
         self.store = Store(s.data)
         self.bus = Bus()
         self.life = Lifecycle(self.store, self.bus)
-        self.identity = Identity.load_or_create(self.url.name, s.data / "server.key")
-        self.transport = Transport(self.identity)
+        self.identity, rotation = keys.load(self.url.name, s.data)
+        self.transport = Transport(self.identity, ca=s.tls_ca)
         wake = threading.Event()  # set when there may be work: idle slots look at once
         self.jobfiles = JobFiles(self.store)
         self.users = Users(self.url, self.store, s.data / "admin.token")
-        self.peering = Peering(self.identity, s.advertise, self.store, self.transport, wake.set)
+        self.peering = Peering(self.identity, s.advertise, self.store, self.transport, wake.set, s.peering,
+                               s.allow, rotation)
         # Two late-bound callables: gossip answers with what the slots render, and polls the
         # renderer's remote dependencies after each sync; both rooms are made after it.
         self.gossip = Gossip(self.peering, s.peers, self.store, self.transport, self.jobfiles, s.slots,
@@ -91,7 +94,8 @@ class Server:
                              lambda: self.renderer.poll_remote_deps(), announce_ttl=s.announce_ttl,
                              new_origins_per_hour=s.new_origins_per_hour)
         self.renderer = Renderer(self.url.name, self.store, self.life, self.transport, s.data / "cache",
-                                 self.peering.known_address, self.peering.introduce, wake.set, s.slots)
+                                 self.peering.known_address,
+                                 lambda address: self.peering.introduce(address, accept=False), wake.set, s.slots)
         self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,
                          self.renderer.remote_frame_state, self.users.job_for,
                          lambda job_id: self.scheduler.stop_renders(job_id), wake.set)
@@ -130,11 +134,18 @@ class Server:
         for job_id in self.store.jobs_awaiting_rebundle():
             self.jobs.rebundle(job_id)
         self.origin.start()
-        self.gossip.start()
+        threading.Thread(target=self._start_peering, name="start-peering", daemon=True).start()
         for job in self.store.list_jobs():  # peers may have missed these while we were down
             if job.state not in (states.DONE, states.CANCELLED):
                 self.gossip.announce(job.id, again=True)
         self.scheduler.start()
+
+    def _start_peering(self) -> None:
+        # Our hellos are confirmed by a call back to our address: say them once it answers.
+        self.peering.wait_reachable(timeout=10)
+        if self.peering.rotation:  # peers pinning the old key re-pin on our hello and its statement
+            self.peering.tell_rotation()
+        self.gossip.start()
 
     def stop(self) -> None:
         self.scheduler.stop()

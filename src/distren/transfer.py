@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json as jsonlib
 import logging
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +34,23 @@ def _raise_for(resp: httpx.Response, what: str) -> None:
         raise from_status(resp.status_code, f"{what}: {message_of(resp.content, resp.reason_phrase)}")
 
 
+def tls_context(ca: Path | None = None) -> ssl.SSLContext:
+    """Certificates are verified against the system's CAs, plus ``ca`` (a private CA) if given."""
+    ctx = ssl.create_default_context()
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except (OSError, ssl.SSLError) as e:
+            raise DistrenError(f"--tls-ca {ca}: not a readable PEM certificate file ({e})") from None
+    return ctx
+
+
 class Transport:
-    def __init__(self, identity: Identity, timeout: float = 30.0):
+    def __init__(self, identity: Identity, timeout: float = 30.0, ca: Path | None = None):
+        """``ca``: peers' https:// addresses are verified against it as well as the system's CAs."""
         self.identity = identity
-        self.http = httpx.Client(timeout=_timeout(timeout), limits=httpx.Limits(max_connections=64))
+        self.http = httpx.Client(timeout=_timeout(timeout), limits=httpx.Limits(max_connections=64),
+                                 verify=tls_context(ca))
 
     def close(self) -> None:
         self.http.close()

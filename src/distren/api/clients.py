@@ -102,8 +102,9 @@ def router(server: Server) -> APIRouter:
         address = body.get("address") if isinstance(body, dict) else None
         if not isinstance(address, str) or not address.startswith(("http://", "https://")):
             raise DistrenError('send {"address": "http://HOST:PORT"}: the peer\'s HTTP address')
-        name = await run_in_threadpool(server.gossip.add, address)
-        return {"peer": f"distren://{name}/", "address": address}
+        name, theirs = await run_in_threadpool(server.peering.introduce_to, address)
+        await run_in_threadpool(server.gossip.sync_once)  # learn the new peer's jobs at once
+        return {"peer": f"distren://{name}/", "address": address, "there": theirs}
 
     @api.delete("/api/peers/{name}")
     def remove_peer(name: str, u=Depends(admin)):
@@ -114,6 +115,20 @@ def router(server: Server) -> APIRouter:
     def trust_peer(name: str, u=Depends(admin)):
         name = urls.check_server_name(name)
         return {"trusted": f"distren://{name}/", "again": server.verifier.trust_again(name)}
+
+    @api.get("/api/peers/pending")
+    def pending_peers(u=Depends(admin)):
+        return server.peering.pending()
+
+    @api.post("/api/peers/{name}/accept")
+    def accept_peer(name: str, u=Depends(admin)):
+        server.peering.accept(name)
+        return {"accepted": f"distren://{name}/"}
+
+    @api.post("/api/peers/{name}/reject")
+    def reject_peer(name: str, u=Depends(admin)):
+        server.peering.reject(name)
+        return {"rejected": f"distren://{name}/"}
 
     @api.post("/api/users", status_code=201)
     def add_user(body: dict, u=Depends(admin)):

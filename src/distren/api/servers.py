@@ -1,5 +1,5 @@
 """``/fed``: what servers ask of each other (docs/protocol.md). Every request but the hello is
-signed with its sender's pinned key; the signature covers the method, the path with its query,
+signed with its sender's pinned key, and accepted only from a server the peering policy accepts; the signature covers the method, the path with its query,
 a digest of the body, a time, a nonce and the name of the server it is meant for.
 
 Handlers that touch SQLite or files run in the thread pool, never on the event loop."""
@@ -33,7 +33,7 @@ def router(server: Server) -> APIRouter:
 
     def verify(request: Request, digest: str, seen_nonce=server.store.seen_nonce) -> str:
         return identity.verify_request(request.headers, request.method, path_of(request), digest,
-                                       server.store.peer_key, seen_nonce, me=server.url.name)
+                                       peering.key_for_request, seen_nonce, me=server.url.name)
 
     async def signed(request: Request) -> tuple[str, bytes]:
         """The verified sender's name, and the (small) body it signed."""
@@ -56,8 +56,17 @@ def router(server: Server) -> APIRouter:
         return data
 
     @api.post("/fed/hello")
-    async def hello(body: dict):
-        return await run_in_threadpool(peering.accept_hello, body)
+    async def hello(body: dict, request: Request):
+        source = request.client.host if request.client else ""
+        return await run_in_threadpool(peering.accept_hello, body, source)
+
+    @api.get("/fed/hello")
+    async def own_hello():  # how a stranger's claimed address is confirmed (no I/O: on the loop)
+        return peering.hello()
+
+    @api.get("/.well-known/distren")
+    async def well_known():
+        return peering.well_known()
 
     def hops(request: Request) -> int:
         try:

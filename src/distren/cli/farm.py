@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -35,6 +36,42 @@ def peers_add(address: str = typer.Argument(..., help="The other server's HTTP a
     with _client(server, token) as c:
         res = c.add_peer(address)
     err.print(f"peered with {res['peer']} at {res['address']}")
+    if res.get("there") == "pending":
+        err.print(f"{res['peer']} has this server awaiting approval: until its admin runs "
+                  "`distren peers accept` there, it takes no requests from this one")
+
+
+@peers_app.command("pending")
+def peers_pending(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
+                  as_json: bool = typer.Option(False, "--json")):
+    """List the servers that asked to peer and await an admin's decision (admin only)."""
+    import time
+
+    rows = _ask(server, token, lambda c: c.pending_peers(), as_json)
+    if rows is None:
+        return
+    table = Table("server", "address", "key", "asked")
+    for r in rows:
+        table.add_row(f"distren://{r['name']}/", r["address"], r["key"], f"{time.time() - r['since']:.0f} s ago")
+    out.print(table)
+
+
+@peers_app.command("accept")
+def peers_accept(name: str = typer.Argument(..., help="The server's name, as `distren peers pending` lists it."),
+                 server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Accept a pending server as a peer (admin only): it may then ask for work and sync."""
+    with _client(server, token) as c:
+        c.accept_peer(name)
+    err.print(f"accepted distren://{name}/")
+
+
+@peers_app.command("reject")
+def peers_reject(name: str = typer.Argument(..., help="The server's name, as `distren peers pending` lists it."),
+                 server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """Refuse a pending server (admin only): its hellos are refused until `distren peers accept`."""
+    with _client(server, token) as c:
+        c.reject_peer(name)
+    err.print(f"rejected distren://{name}/")
 
 
 @peers_app.command("remove")
@@ -89,3 +126,28 @@ def user_revoke(name: str = typer.Argument(...), server: Optional[str] = ServerO
         res = c.revoke_user(name)
     err.print(f"{res['revoked']} was revoked already" if res["already"] else f"revoked {res['revoked']}")
 
+
+key_app = typer.Typer(no_args_is_help=True, help="This server's key.")
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("rotate")
+def key_rotate(data: Path = typer.Option(Path("distren-data"), "--data", help="The server's data folder.")):
+    """Replace the server's key by a new one, with a statement signed by the old one that peers
+    check. Run it while the server is stopped, then start it: its hello tells its peers."""
+    from .. import keys
+    from ..errors import DistrenError
+    from ..store import Store
+
+    if not (data / "state.sqlite").is_file():
+        raise DistrenError(f"--data {data}: no distren server's data there")
+    store = Store(data)
+    try:
+        name = store.get_meta("name")
+    finally:
+        store.close()
+    if name is None:
+        raise DistrenError(f"--data {data}: the server there never started; it has no key to rotate")
+    statement = keys.rotate(name, data)
+    err.print(f"distren://{name}/ has a new key {statement['new_key']} (was {statement['old_key']}); start the "
+              "server: its peers accept the new key on the old key's signature")

@@ -26,9 +26,19 @@ def serve(
     max_file_bytes: str = typer.Option("1G", "--max-file-bytes", help="Size of any one file a render writes, and of all its files together."),
     max_result_bytes: str = typer.Option("2G", "--max-result-bytes", help="What a peer's upload of one frame may "
                                          "be and unpack to."),
-    peer: list[str] = typer.Option([], "--peer", help="Another server's HTTP address to peer with (repeatable)."),
-    advertise: Optional[str] = typer.Option(None, "--advertise", help="The HTTP address peers reach this server at "
-                                            "(default: http://LISTEN)."),
+    peer: list[str] = typer.Option([], "--peer", help="Another server's address to peer with (repeatable); "
+                                   "it may make requests of this one, whatever --peering says."),
+    peering: str = typer.Option("approve", "--peering", help="Who else may peer: open (any server that proves "
+                                "its name and key), approve (an admin accepts each: `distren peers accept`) or "
+                                "allow-list (only --allow names and --peer addresses)."),
+    allow: list[str] = typer.Option([], "--allow", help="A server name accepted on its own hello under any "
+                                    "--peering policy (repeatable)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="Serve HTTPS with this certificate (chain), PEM."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="The private key of --tls-cert, PEM."),
+    tls_ca: Optional[Path] = typer.Option(None, "--tls-ca", help="A CA certificate (PEM) peers' certificates may "
+                                          "be signed by, besides the system's CAs."),
+    advertise: Optional[str] = typer.Option(None, "--advertise", help="The address peers reach this server at "
+                                            "(default: http://LISTEN, or https:// with --tls-cert)."),
     lease_timeout: float = typer.Option(20.0, "--lease-timeout", min=0.1, help="Seconds a frame stays leased to "
                                         "another server without a renewal (renewed every third of it)."),
     blocklist_threshold: int = typer.Option(3, "--blocklist-threshold", min=1, help="Frames of one job another "
@@ -67,9 +77,10 @@ def serve(
     if advertise is None:
         if host in ("0.0.0.0", "::"):
             raise DistrenError(f"--listen {listen} listens on every address; say which one peers use with --advertise")
-        advertise = f"http://{listen}"
+        advertise = f"{'https' if tls_cert else 'http'}://{listen}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     http_limits = httpserver.limits(header_timeout, max_connections)
+    httpserver.check_tls(tls_cert, tls_key)
     for module in plugin:
         backends.load_plugin(module)
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
@@ -77,14 +88,16 @@ def serve(
                              lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
                              verify_first=verify_first, verify_share=verify_share,
                              announce_ttl=announce_ttl, new_origins_per_hour=new_origins_per_hour,
+                             peering=peering, allow=allow, tls_ca=tls_ca,
                              max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())
-    err.print(f"distren server {server.url} listening on http://{listen} with {server.settings.slots} slot(s) "
+    err.print(f"distren server {server.url} listening on {'https' if tls_cert else 'http'}://{listen} with {server.settings.slots} slot(s) "
               f"rendering {can}; "
               f"admin token in {data / 'admin.token'}")
     try:
-        httpserver.serve(create_app(server), host, int(port), http_limits)
+        httpserver.serve(create_app(server), host, int(port), http_limits,
+                         str(tls_cert) if tls_cert else None, str(tls_key) if tls_key else None)
     finally:
         server.stop()
 

@@ -25,7 +25,7 @@ class Database:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, tuple[str, str, str]] = {}  # peer name -> (pinned key, status, address)
 
     def _migrate(self) -> None:
         with self._tx() as db:

@@ -133,4 +133,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX announcements_by_seq ON announcements(seq);
     CREATE INDEX announcements_by_origin ON announcements(origin, heard);
     """,
+    # 8: the peering policy. A pinned server is 'accepted' (it may make requests), 'pending' (it
+    # asked; an admin decides), 'known' (we said hello to it; it never asked us) or 'rejected'
+    # (by an admin; its hellos are refused). Servers pinned before this were all peers.
+    """
+    ALTER TABLE peers ADD COLUMN status TEXT NOT NULL DEFAULT 'accepted';
+    CREATE INDEX peers_by_status ON peers(status, added);
+    """,
 ]
