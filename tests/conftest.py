@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -37,10 +38,11 @@ class ServerProc:
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     preexec: Callable[[], None] | None = None  # run in the server's process before it starts
+    ca: Path | None = None  # the CA its certificate is signed by, when it serves HTTPS (--tls-cert)
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if '--tls-cert' in self.args else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def token(self) -> str:
@@ -58,7 +60,8 @@ class ServerProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server {self.name} exited with {self.proc.returncode}; see {log.name}")
             try:
-                if httpx.get(f"{self.http}/api/server", timeout=1).status_code == 200:
+                if httpx.get(f"{self.http}/api/server", timeout=1,
+                             verify=ssl.create_default_context(cafile=self.ca) if self.ca else True).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -81,7 +84,7 @@ class ServerProc:
 
     def cli(self, *args: str, check: bool = True, token: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         env = dict(os.environ, DISTREN_SERVER=self.http, DISTREN_TOKEN=self.token if token is None else token,
-                   COLUMNS="200")
+                   COLUMNS="200", **({"SSL_CERT_FILE": str(self.ca)} if self.ca else {}))
         res = subprocess.run([sys.executable, "-m", "distren", *args], capture_output=True, text=True,
                              env=env, timeout=timeout)
         if check and res.returncode != 0:
@@ -93,8 +96,9 @@ class ServerProc:
 def start_server(tmp_path):
     started: list[ServerProc] = []
 
-    def start(name: str = "alpha", *args: str, data: Path | None = None, port: int | None = None) -> ServerProc:
-        s = ServerProc(name, data or tmp_path / f"{name}-data", port or free_port(), list(args))
+    def start(name: str = "alpha", *args: str, data: Path | None = None, port: int | None = None,
+              ca: Path | None = None) -> ServerProc:
+        s = ServerProc(name, data or tmp_path / f"{name}-data", port or free_port(), list(args), ca=ca)
         started.append(s.start())
         return s
 

@@ -195,3 +195,27 @@ def test_a_hello_flood_is_bounded_and_does_not_slow_honest_requests(start_server
         assert names(a, "servers") == {"a", "b"}
     finally:
         m.close()
+
+
+def test_a_renderer_awaiting_approval_backs_off_then_renders_once_accepted(start_server, tmp_path):
+    """r hears of a's job through b, asks a for work, is told it awaits a's admin, and asks again
+    only every few seconds until a's admin accepts it."""
+    a = start_server("a", "--slots", "0", "--allow", "b")
+    b = start_server("b", "--slots", "0", "--peer", a.http)
+    r = start_server("r", "--slots", "1", "--peer", b.http)
+    accept(b, "r")
+    url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24", "--frames", "1-2"))
+    wait_for(lambda: "r" in names(a, "peers", "pending"), "r to ask a for work", 60)
+    log = r.data.parent / f"r-{r.port}.log"
+
+    def refused() -> int:
+        return sum(1 for line in log.read_text().splitlines() if "/lease?" in line and " 403 " in line)
+
+    first = wait_for(refused, "a's refusal", 30)
+    time.sleep(6)  # a window of a set length: how often r asks while it waits is the point
+    assert refused() - first <= 2, f"r asked {refused() - first} times in 6 s while awaiting approval"
+    assert "awaiting approval by the admin of a" in log.read_text()
+    assert status(a, url)["counts"]["done"] == 0
+    a.cli("peers", "accept", "r")
+    a.cli("wait", url, "--timeout", "60")
+    assert {f["server"] for f in status(a, url)["frames"]} == {"distren://r/"}

@@ -122,6 +122,14 @@ def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpTo
             if not self.transport.is_closing() and self.cycle.response_complete:
                 self._await_headers()
 
+        def shutdown(self) -> None:
+            # The server is stopping. An idle connection is aborted: closing a TLS one would wait
+            # (30 s) for the client's close_notify, and an idle pooled client never sends it.
+            if self.cycle is None or self.cycle.response_complete:
+                self._drop("the server is stopping")
+            else:
+                super().shutdown()
+
         def connection_lost(self, exc) -> None:
             self._stop_waiting()
             live.discard(self)
