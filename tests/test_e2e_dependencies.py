@@ -19,9 +19,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def trio(start_server):
-    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")  # one admin's farm
-    b = start_server("b", "--slots", "1", "--peer", a.http)
-    c = start_server("c", "--slots", "1", "--peer", a.http)
+    # One admin's farm: each server accepts the others by name (c fetches b's frames directly).
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
+    b = start_server("b", "--slots", "1", "--peer", a.http, "--allow", "c")
+    c = start_server("c", "--slots", "1", "--peer", a.http, "--allow", "b")
     return a, b, c
 
 
