@@ -76,7 +76,10 @@ class Peering:
         self.allow = {urls.check_server_name(n) for n in allow}
         self.rotation = rotation
         self._hellos = PerSource(HELLO_BURST, HELLO_RATE)
+        # Hellos and relayed origins are confirmed under separate bounds, so that a peer relaying
+        # origins at addresses that never answer cannot keep strangers' hellos from confirming.
         self._confirming = threading.BoundedSemaphore(CONFIRMING_AT_ONCE)
+        self._checking_origins = threading.BoundedSemaphore(CONFIRMING_AT_ONCE)
         self._origins: OrderedDict[tuple[str, str, str], tuple[float, str]] = OrderedDict()
         self._origins_lock = threading.Lock()
 
@@ -164,11 +167,12 @@ class Peering:
                 raise Busy(f"{MAX_PENDING} servers are awaiting approval by the admin of {self.name} "
                            "already; ask its admin to accept you")
 
-    def _confirm(self, name: str, address: str, key: str) -> None:
+    def _confirm(self, name: str, address: str, key: str, bound: threading.BoundedSemaphore | None = None) -> None:
         """Ask ``address`` for its hello: the same name and key must answer there (and, for a
         DNS name, its well-known document must say so)."""
-        if not self._confirming.acquire(blocking=False):
-            raise Busy(f"{self.name} is busy confirming other servers; say hello again in a few seconds")
+        bound = bound or self._confirming
+        if not bound.acquire(blocking=False):
+            raise Busy(f"{self.name} is busy confirming other servers; try again in a few seconds")
         try:
             try:
                 resp = self.transport.http.get(address + "/fed/hello", timeout=CONFIRM_TIMEOUT)
@@ -186,7 +190,7 @@ class Peering:
             if binding.has_dns_name(name):
                 binding.check_dns_binding(self.transport.http, name, key, address, CONFIRM_TIMEOUT)
         finally:
-            self._confirming.release()
+            bound.release()
 
     def check_origin(self, name: str, address: str, key: str) -> None:
         """A relayed announcement's origin we have not pinned: is it at its address, with that
@@ -200,7 +204,7 @@ class Peering:
                 raise Forbidden(error)
             return
         try:
-            self._confirm(name, address, key)
+            self._confirm(name, address, key, self._checking_origins)
             result = (now + ORIGIN_OK_TTL, "")
         except Busy:
             raise
