@@ -4,6 +4,7 @@ measured against real servers on loopback (tiny frames, so a second's wait shows
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -25,7 +26,7 @@ def own_job_seconds(server, frames: str = "1-10") -> float:
 
 
 def test_a_paused_or_dead_origin_hardly_changes_a_servers_own_job_time(start_server):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b")
     b = start_server("b", "--slots", "2", "--peer", a.http)
     wait_for(lambda: "b" in a.cli("servers").stdout, "a and b to peer")
     normal = own_job_seconds(b)
@@ -44,21 +45,40 @@ def test_a_paused_or_dead_origin_hardly_changes_a_servers_own_job_time(start_ser
 
 
 def test_origins_at_tarpit_addresses_do_not_stall_a_job(start_server, tmp_path):
-    """Mallory announces 15 jobs of made-up origins whose addresses accept connections and never
-    answer: the server asks them (and backs off), and its own job takes about as long as ever."""
-    b = start_server("b", "--slots", "2")
+    """Mallory, a peer b accepted, announces jobs of 15 made-up origins whose addresses accept
+    connections and never answer, while b renders its own job. b asks each origin at its address before taking the
+    record (never more than a few at once, 3 s each), refuses them all, and its own job takes
+    about as long as ever."""
+    b = start_server("b", "--slots", "2", "--allow", "mallory")
     normal = own_job_seconds(b)
     m = Mallory("mallory", tmp_path / "m.key")
     pits = [Tarpit() for _ in range(15)]
-    try:
-        assert m.introduce(b).status_code == 200
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def announce_all():  # one after another, for as long as b's own job runs
         for i, pit in enumerate(pits):
+            if stop.is_set():
+                return
             r = m.announce(b, m.announcement(f"distren://pit{i}/job/1", origin=f"pit{i}", address=pit.address))
-            assert r.status_code == 200, r.text
-        wait_for(lambda: all(p.accepted for p in pits), "b to call every tarpit", 30)
-        stalled = own_job_seconds(b)
-        print(f"b's own 10-frame job: {normal:.1f} s alone, {stalled:.1f} s with 15 tarpit origins announced")
+            answers.append(r.status_code)
+
+    try:
+        assert m.introduce(b).json()["peering"] == "accepted"
+        t = threading.Thread(target=announce_all)
+        t.start()
+        try:
+            wait_for(lambda: answers, "mallory's first announcement to be refused", 30)
+            stalled = own_job_seconds(b)
+        finally:
+            stop.set()
+            t.join()
+        print(f"b's own 10-frame job: {normal:.1f} s alone, {stalled:.1f} s while 15 tarpit origins are announced")
         assert stalled < 2 * normal, (normal, stalled)
+        assert set(answers) <= {403, 503} and 403 in answers, answers  # refused, or busy confirming others
+        assert sum(p.accepted for p in pits) > 0  # b did go and ask
+        taken = [a["job"] for a in m.state(b).json()["announcements"] if a["origin"].startswith("pit")]
+        assert not taken, taken  # nothing of theirs was taken
     finally:
         m.close()
         for p in pits:
