@@ -6,7 +6,8 @@ Everything else she does is a method that signs a request and returns the answer
 tests decide what a hostile peer sends and assert what the honest server does with it.
 
     m = Mallory("mallory", tmp_path / "m.key")
-    m.introduce(origin)                  # POST /fed/hello
+    m.introduce(origin)                  # POST /fed/hello (a stranger: pending under approve)
+    m.join(origin)                       # ... and accepted by origin's admin (a peer)
     r = m.lease(origin, job)             # POST /fed/jobs/ID/lease?can=povray (at most m.slots at once)
     m.upload(origin, job, frame, tar)    # PUT .../result
     m.replay()                           # her last signed request again, byte for byte
@@ -112,6 +113,17 @@ class Mallory:
         ``source``: the loopback address she sends from (e.g. 127.0.0.2)."""
         with client_from(source) as c:
             return c.post(f"{server.http}/fed/hello", json=self.hello(**hello), timeout=30)
+
+    def join(self, server) -> httpx.Response:
+        """Her hello, and then what the admin of ``server`` does for a server it means to peer
+        with under the default policy (approve): accept her. Tests of hostile *peers* start here;
+        tests of strangers use :meth:`introduce`."""
+        r = self.introduce(server)
+        if r.status_code == 200 and r.json().get("peering") == "pending":
+            ok = httpx.post(f"{server.http}/api/peers/{self.name}/accept",
+                            headers={"Authorization": f"Bearer {server.token}"}, timeout=30)
+            assert ok.status_code == 200, ok.text
+        return r
 
     def call(self, server, method: str, path: str, body: bytes | dict = b"", digest: str | None = None,
              headers: dict | None = None, timeout: float = 60) -> httpx.Response:
