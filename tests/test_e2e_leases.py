@@ -60,7 +60,7 @@ def mallory(tmp_path):
 
 
 def test_a_killed_renderers_frame_is_rendered_elsewhere_within_45_s_by_default(start_server, tmp_path):
-    a = start_server("a", "--slots", "0")  # default lease settings
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")  # default lease settings
     b = start_server("b", "--slots", "1", "--peer", a.http)
     scene = tmp_path / "slow"
     scene.mkdir()
@@ -87,9 +87,9 @@ def test_a_killed_renderers_frame_is_rendered_elsewhere_within_45_s_by_default(s
 
 
 def test_no_scene_and_no_frame_files_without_a_lease(start_server, mallory):
-    a = start_server("a", "--slots", "1")
+    a = start_server("a", "--slots", "1", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-2", "--wait")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     for r in (mallory.bundle(a, job), mallory.frame_files(a, job, 1)):
         assert r.status_code == 403, r.text
         assert "need to know" in r.json()["error"] and "holds no lease" in r.json()["error"], r.text
@@ -102,9 +102,9 @@ def test_no_scene_and_no_frame_files_without_a_lease(start_server, mallory):
 
 
 def test_a_lease_opens_the_scene_and_a_lost_answer_is_recovered_by_request_id(start_server, mallory):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-4")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     wait_for(lambda: knows_slots(a, "mallory", 2), "a to learn mallory's slots from her state")
     r = mallory.lease(a, job, request="answer-lost-1")
     assert r.status_code == 200, r.text
@@ -124,9 +124,9 @@ def test_a_lease_opens_the_scene_and_a_lost_answer_is_recovered_by_request_id(st
 
 
 def test_hoarding_is_capped_at_her_slots_and_renewals_end_at_the_frame_timeout(start_server, mallory):
-    a = start_server("a", "--slots", "0", "--lease-timeout", "3", "--frame-timeout", "8")
+    a = start_server("a", "--slots", "0", "--lease-timeout", "3", "--frame-timeout", "8", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-6")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     wait_for(lambda: knows_slots(a, "mallory", 2), "a to learn mallory's slots from her state")
     t0 = time.monotonic()
     frames = [Mallory.leased_frame(mallory.lease(a, job)) for _ in range(2)]
@@ -161,9 +161,9 @@ def test_hoarding_is_capped_at_her_slots_and_renewals_end_at_the_frame_timeout(s
 
 
 def test_lease_and_fail_three_times_blocklists_her_and_the_job_still_finishes(start_server, mallory):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-4")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     failed = []
     for _ in range(3):
         r = mallory.lease(a, job)
@@ -187,9 +187,9 @@ def test_lease_and_fail_three_times_blocklists_her_and_the_job_still_finishes(st
 
 
 def test_replayed_requests_are_refused(start_server, mallory):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-4")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     frame = Mallory.leased_frame(mallory.lease(a, job))
     r = mallory.replay()  # the lease request again, byte for byte
     assert r.status_code == 401 and "replayed" in r.json()["error"], r.text
@@ -203,9 +203,9 @@ def test_replayed_requests_are_refused(start_server, mallory):
 
 
 def test_a_late_result_is_taken_when_nobody_else_holds_the_frame(start_server, mallory, tmp_path):
-    a = start_server("a", "--slots", "0", "--lease-timeout", "1")
+    a = start_server("a", "--slots", "0", "--lease-timeout", "1", "--allow", "b", "--allow", "c")
     job = submit(a, SCENES / "textured", "--frames", "1-2")
-    assert mallory.introduce(a).status_code == 200
+    assert mallory.join(a).status_code == 200
     frame = Mallory.leased_frame(mallory.lease(a, job))
     wait_for(lambda: job_status(a, job)["frames"][frame - 1]["state"] == "queued", "her lease to run out")
     # She was paused, not dead: her renewal gets the frame back, since nobody had taken it.
@@ -229,8 +229,8 @@ def test_a_dependencys_files_go_to_the_renderer_its_dependents_origin_vouches_fo
     """b's job is rendered by c; a's job depends on one of its frames and is rendered by c too,
     which holds no lease on b's job by then: b gives c the frame's files because a, asked, says
     that c renders the frame that depends on it. Mallory, claiming the same, is refused."""
-    a = start_server("a", "--slots", "0")
-    b = start_server("b", "--slots", "0", "--peer", a.http)
+    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
+    b = start_server("b", "--slots", "0", "--peer", a.http, "--allow", "c")
     wait_for(lambda: "b" in a.cli("servers").stdout, "a and b to peer")
     start_server("c", "--slots", "1", "--peer", a.http, "--peer", b.http)
     upstream = last_line(b.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24",
@@ -250,6 +250,6 @@ def test_a_dependencys_files_go_to_the_renderer_its_dependents_origin_vouches_fo
     b_log = (b.data.parent / f"b-{b.port}.log").read_text()
     assert re.search(r"GET \S+/fed/jobs/1/frames/0/vouch\?server=c&job=1&frame=2 \"HTTP/1.1 200", b_log), \
         "b did not ask a whether c renders the dependent frame"
-    assert mallory.introduce(b).status_code == 200
+    assert mallory.join(b).status_code == 200
     r = mallory.call(b, "GET", "/fed/jobs/1/frames/2/files?for_server=a&for_job=1&for_frame=0")
     assert r.status_code == 403 and "a does not say that mallory renders" in r.json()["error"], r.text
