@@ -60,12 +60,12 @@ def lease(m: Mallory, a, job: int) -> int:
 
 
 def test_black_and_foreign_pixels_are_caught_and_their_frames_rendered_again(start_server, tmp_path):
-    a = start_server("a", "--slots", "0")  # renders nothing itself: every frame comes from a renderer
+    a = start_server("a", "--slots", "0", "--allow", "b")  # renders nothing itself: every frame comes from a renderer
     url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", str(W), "--height", str(H)))
     job = status(a, url)["id"]
     m, eve = Mallory("mallory", tmp_path / "m.key"), Mallory("eve", tmp_path / "eve.key")
     try:
-        assert m.introduce(a).status_code == 200 and eve.introduce(a).status_code == 200
+        assert m.join(a).status_code == 200 and eve.join(a).status_code == 200
         assert trust_of(a, "mallory").startswith("new: 0 of its first 3")
         # Mallory's first frame is right (checked, as all of a new renderer's first frames are): taken.
         good = lease(m, a, job)
@@ -121,7 +121,7 @@ def test_without_checks_a_wrong_frame_is_taken(start_server, tmp_path):
     url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", str(W), "--height", str(H)))
     m = Mallory("mallory", tmp_path / "m.key")
     try:
-        assert m.introduce(a).status_code == 200
+        assert m.join(a).status_code == 200
         job = status(a, url)["id"]
         bad = lease(m, a, job)
         r = m.upload(a, job, bad, tar_of(f"textured{bad}.png", black_image()))
