@@ -93,12 +93,12 @@ def live_jobs(m: Mallory, server) -> dict[str, dict]:
 
 
 def test_an_announcement_expires_unless_its_origin_re_signs_it(start_server, tmp_path):
-    b = start_server("b", "--slots", "0")
+    b = start_server("b", "--slots", "0", "--allow", "a")
     a = start_server("a", "--slots", "0", "--announce-ttl", "12", "--peer", b.http)
     url = last_line(a.cli("submit", str(FZ / "fractalzoom.ini"), "--width", "32", "--height", "24", "--frames", "1-2"))
     m = Mallory("mallory", tmp_path / "m.key")
     try:
-        assert m.introduce(b).status_code == 200
+        assert m.join(b).status_code == 200
         hers = m.announcement("distren://mallory/job/1", expires=time.time() + 3)
         assert m.announce(b, hers).json() == {"news": True}
         first = wait_for(lambda: live_jobs(m, b).get(url), "b to learn a's job")
@@ -125,7 +125,7 @@ def test_a_relaying_peer_introduces_at_most_its_bound_of_unknown_origins(start_s
     b = start_server("b", "--slots", "0", "--new-origins-per-hour", "3")
     m = Mallory("mallory", tmp_path / "m.key")
     try:
-        assert m.introduce(b).status_code == 200
+        assert m.join(b).status_code == 200
         codes = [m.announce(b, m.announcement(f"distren://x{i}/job/1", origin=f"x{i}")).status_code
                  for i in range(6)]
         assert codes[3:] == [429, 429, 429], codes
