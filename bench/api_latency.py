@@ -108,6 +108,19 @@ def renderer(n: int, origin, job_id: int, work: Path, stop: threading.Event, cou
         transport.close()
 
 
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user + system) a server has used so far: its main thread (the event loop),
+    its other threads, and its children that have ended (the sandboxed image checks)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(path: str) -> list[int]:  # from utime on, after the command name
+        return [int(x) for x in Path(path).read_text().rsplit(")", 1)[1].split()[11:15]]
+
+    loop, total = fields(f"/proc/{pid}/task/{pid}/stat"), fields(f"/proc/{pid}/stat")
+    return ((loop[0] + loop[1]) / tick, (total[0] + total[1] - loop[0] - loop[1]) / tick,
+            (total[2] + total[3]) / tick)
+
+
 def summary(xs: list[float]) -> str:
     xs = sorted(xs)
     p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
@@ -139,28 +152,39 @@ def main() -> None:
         url = a.client.submit(work / "small.tar")
         job_id = int(url.rstrip("/").rsplit("/", 1)[1])
         probe = Probe(a.address)
-        time.sleep(args.seconds)
-
-        probe.phase = "uploads"
-        stop = threading.Event()
         counts = [0] * 8
+        marks = [(time.perf_counter(), cpu_seconds(a.proc.pid), 0)]
+
+        def mark(phase: str) -> None:
+            marks.append((time.perf_counter(), cpu_seconds(a.proc.pid), sum(counts)))
+            probe.phase = phase
+
+        time.sleep(args.seconds)
+        mark("uploads")
+        stop = threading.Event()
         threads = [threading.Thread(target=renderer, args=(n, a, job_id, work, stop, counts), daemon=True)
                    for n in range(8)]
         for t in threads:
             t.start()
         time.sleep(args.seconds)
 
-        probe.phase = f"uploads + {args.mib} MiB submit"
+        mark(f"uploads + {args.mib} MiB submit")
         t0 = time.perf_counter()
         a.client.submit(work / "big.tar")
         submit_s = time.perf_counter() - t0
+        mark("end")
         stop.set()
         for t in threads:
             t.join(60)
         samples = probe.stop()
         print(f"results accepted: {sum(counts)}; the big submit took {submit_s:.1f} s")
-    for phase, xs in samples.items():
-        print(f"GET /api/server, {phase:24s} {summary(xs)}")
+    phases = [p for _, p in probe._phases[:-1]]
+    for phase, (t0, c0, n0), (t1, c1, n1) in zip(phases, marks, marks[1:]):
+        s = t1 - t0
+        loop, others, checks = (b - a for a, b in zip(c0, c1))
+        print(f"GET /api/server, {phase:24s} {summary(samples.get(phase, [0.0]))}")
+        print(f"    server CPU per second: event loop {loop / s:.2f}, other threads {others / s:.2f}, "
+              f"sandboxed checks {checks / s:.2f}; {(n1 - n0) / s:.1f} results accepted per second")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from conftest import SCENES, ServerProc, free_port
-from distren import images, sandbox
+from distren import checkers, images, sandbox
 from mallory import as_peer
 from distren.uploads import largest_file
 
@@ -331,12 +331,13 @@ def test_images_larger_than_pillows_default_limit_pass_in_the_sandbox(tmp_path):
     work.mkdir()
     Image.new("1", (side, side), 1).save(work / "big.png")
     assert Image.MAX_IMAGE_PIXELS < side * side
-    argv, binds = sandbox.python_command("distren.images", [str(side), str(side), "big.png"])
-    out = sandbox.run(argv, work, sandbox.Limits(), tmp_path / "log", binds=binds)
-    assert out.ok, out.tail
-    before = Image.MAX_IMAGE_PIXELS
-    images.check_image(work / "big.png", side, side, "big.png")
-    assert Image.MAX_IMAGE_PIXELS == before  # raised only inside the check
-    argv, binds = sandbox.python_command("distren.images", [str(side), str(side - 1), "big.png"])
-    out = sandbox.run(argv, work, sandbox.Limits(), tmp_path / "log", binds=binds)
-    assert out.returncode == 1 and "big.png is 13500x13500; the job renders 13500x13499" in out.tail
+    pool = checkers.Checkers(sandbox.Limits())
+    try:
+        pool.check((1, "peer"), work, ["big.png"], side, side)
+        before = Image.MAX_IMAGE_PIXELS
+        images.check_image(work / "big.png", side, side, "big.png")
+        assert Image.MAX_IMAGE_PIXELS == before  # raised only inside the check
+        with pytest.raises(images.ImageError, match="big.png is 13500x13500; the job renders 13500x13499"):
+            pool.check((1, "peer"), work, ["big.png"], side, side - 1)
+    finally:
+        pool.close()

@@ -2,8 +2,9 @@
 
 A header and its checksums say nothing of the pixels: a PNG whose compressed data is garbage
 passes both. So every image is decoded completely, which is parsing hostile data with a large
-C library; the origin runs this module in the sandbox (``python -m distren.images W H FILE...``,
-see :func:`distren.uploads.check_images`).
+C library; the origin runs this module in the sandbox as a long-lived checker
+(``python -m distren.images``, see :mod:`distren.checkers`) that is sent each image as an open
+file, never a path, and answers with a verdict.
 
 Pillow refuses images above about 179 Mpx as decompression bombs. A job may be up to
 MAX_SIDE x MAX_SIDE, and the size is checked from the header before any pixel is decoded, so
@@ -12,15 +13,18 @@ the job's size, not Pillow's default, is the bound here (and only here).
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import BundleError
 
 # The largest side of any job's images. Defined here, not in jobfile (which imports it): this
-# module starts in a fresh sandboxed interpreter for every upload, and importing jobfile would
-# double what that start costs.
+# module starts in a fresh sandboxed interpreter, and importing jobfile would double what that
+# start costs.
 MAX_SIDE = 16384
 
 SUFFIXES = {".png", ".tga", ".ppm", ".bmp", ".jpg", ".jpeg"}  # what Pillow decodes; others are not checked
@@ -30,9 +34,10 @@ class ImageError(BundleError):
     """An uploaded image that does not decode, or is not of the job's size."""
 
 
-def check_image(path: Path, width: int, height: int, name: str) -> None:
-    """Decode ``path`` completely; it must be ``width`` x ``height``. ``name`` is how the
-    image is called in the message (its name in the frame, never a path here)."""
+def check_image(path: Path | BinaryIO, width: int, height: int, name: str) -> None:
+    """Decode ``path`` (a file name or an open binary file) completely; it must be ``width`` x
+    ``height``. ``name`` is how the image is called in the message (its name in the frame, never
+    a path here)."""
     from PIL import Image
 
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
@@ -51,25 +56,49 @@ def check_image(path: Path, width: int, height: int, name: str) -> None:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name} claims more pixels than any job has ({MAX_SIDE}x{MAX_SIDE} at most)") from None
     except Exception as e:  # Pillow says what is wrong in many ways: OSError, SyntaxError, ValueError...
-        raise ImageError(f"{name} is not a readable image ({type(e).__name__}: {str(e)[:200]})") from None
+        said = str(e) if isinstance(path, (str, Path)) else str(e).replace(repr(path), repr(name))
+        raise ImageError(f"{name} is not a readable image ({type(e).__name__}: {said[:200]})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def main(argv: list[str]) -> int:
-    """``W H FILE...``: check each file; print the first problem and exit 1, or exit 0."""
-    if len(argv) < 3 or not argv[0].isdigit() or not argv[1].isdigit():
-        print("usage: python -m distren.images WIDTH HEIGHT FILE...", file=sys.stderr)
-        return 2
-    width, height = int(argv[0]), int(argv[1])
-    for name in argv[2:]:
+OK = b"ok"
+REFUSED = b"refused: "
+MAX_REQUEST = 4096  # WIDTH HEIGHT NAME: a name is at most 1024 bytes (bundle.MAX_PATH_BYTES)
+
+
+def serve(sock: socket.socket) -> int:
+    """Check images sent on ``sock`` (a SOCK_SEQPACKET socket), one at a time, until it is closed.
+    A request is one message ``WIDTH HEIGHT NAME`` carrying one open file; the answer is ``ok``
+    or ``refused: PROBLEM``. Nothing is kept from one image to the next but the loaded code."""
+    from PIL import Image  # noqa: F401  (loaded before the first image, not during its time)
+
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 1)
+        if not msg and not fds:
+            return 0
         try:
-            check_image(Path(name), width, height, name)
+            width, height, name = msg.decode().split(" ", 2)
+            if len(fds) != 1:
+                raise ValueError("no file")
+            with os.fdopen(fds.pop(), "rb") as f:
+                check_image(f, int(width), int(height), name)
+            answer = OK
         except ImageError as e:
-            print(f"distren-image-error: {e}", flush=True)
-            return 1
-    return 0
+            answer = REFUSED + str(e).encode()
+        except ValueError as e:
+            answer = REFUSED + f"malformed request to the image checker ({e})".encode()
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.sendall(answer)
+
+
+def main() -> int:
+    """The checker: requests come on standard input, a socket (see :func:`serve`)."""
+    with socket.socket(fileno=sys.stdin.fileno()) as sock:
+        return serve(sock)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -14,6 +14,7 @@ Every change of a frame's state is made by :mod:`distren.lifecycle`; the rendere
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import backends, bundle, jobfile, states, uploads, urls
+from . import backends, bundle, checkers, jobfile, states, uploads, urls
 from .errors import Conflict, DistrenError, Forbidden, Gone
 from .fsutil import sha256_file
 
@@ -63,6 +64,7 @@ class Origin:
         self.blocklist_threshold = blocklist_threshold
         self.vouched = vouched
         self.limits = limits
+        self.checkers = checkers.Checkers(limits)
         self.max_result_bytes = max_result_bytes
         self.rebundle = rebundle
         self.verifier = verifier
@@ -81,6 +83,7 @@ class Origin:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.checkers.close()
 
     def _reaper_loop(self) -> None:
         last_purge = 0.0
@@ -210,7 +213,8 @@ class Origin:
         staged = tar.parent / f"{tar.name}.d"
         try:
             files = uploads.check_frame_tar(tar, staged / "files", expected, frame_id, jf.width, jf.height,
-                                            self.max_result_bytes, self.limits)
+                                            self.max_result_bytes,
+                                            functools.partial(self.checkers.check, (job_id, sender)))
             self.verifier.check(sender, job_id, jf, frame, staged / "files")
             kept = staged / "frame.tar"
             bundle.write_tar(kept, [(f["name"], staged / "files" / f["name"]) for f in files])

@@ -124,13 +124,15 @@ def bwrap() -> str:
     return path
 
 
-def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = None,
+def command(argv: list[str], workdir: Path | None, shared: dict[str, Path] | None = None,
             binds: dict[str, Path] | None = None, tmp_bytes: int = Limits.tmp, info_fd: int | None = None
             ) -> list[str]:
     """``argv`` wrapped to run in the sandbox with ``workdir`` as its only writable folder,
     mounted at /work and used as the current directory. ``shared`` maps paths below /work to
     files mounted read-only there (large scene files, which are not copied for every frame);
-    ``binds`` maps absolute paths in the sandbox to host files or folders mounted read-only."""
+    ``binds`` maps absolute paths in the sandbox to host files or folders mounted read-only.
+    Without a ``workdir``, /work is empty and the whole root is read-only: for a process that is
+    handed open files and needs to write none (:mod:`distren.checkers`)."""
     cmd = [
         # Renders and checks are batch work: under load, the server itself (leases, renewals,
         # every HTTP answer) goes first.
@@ -149,7 +151,7 @@ def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = Non
         "--size", str(tmp_bytes), "--tmpfs", "/tmp",
         # POV-Ray complains on every start when $HOME has no povray.conf; give it the system's.
         "--ro-bind-try", "/etc/povray/3.7/povray.conf", "/tmp/home/.povray/3.7/povray.conf",
-        "--bind", str(Path(workdir).resolve()), WORKDIR,
+        *(["--bind", str(Path(workdir).resolve()), WORKDIR] if workdir is not None else ["--dir", WORKDIR]),
         "--chdir", WORKDIR,
         "--unshare-all",
         "--die-with-parent",
@@ -163,12 +165,14 @@ def command(argv: list[str], workdir: Path, shared: dict[str, Path] | None = Non
         cmd += ["--ro-bind", str(Path(src).resolve()), f"{WORKDIR}/{rel}"]
     for inside, src in sorted((binds or {}).items()):
         cmd += ["--ro-bind", str(Path(src).resolve()), inside]
+    if workdir is None:  # bubblewrap's root is a tmpfs the size of half the memory
+        cmd += ["--remount-ro", "/"]
     if info_fd is not None:  # bubblewrap writes {"child-pid": N} there: the sandbox's first process
         cmd += ["--info-fd", str(info_fd)]
     return cmd + ["--"] + argv
 
 
-def _limited(argv: list[str], limits: Limits) -> list[str]:
+def limited(argv: list[str], limits: Limits) -> list[str]:
     # prlimit inside the sandbox: the limits bind the command, not bubblewrap, and no preexec
     # function has to run in this multi-threaded server between fork and exec.
     return [PRLIMIT, f"--as={limits.memory}", f"--nproc={limits.processes}",
@@ -222,7 +226,7 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
     workdir = Path(workdir)
     before = tree_size(workdir)
     info_r, info_w = os.pipe()
-    cmd = command(_limited(argv, limits), workdir, shared, binds, limits.tmp, info_w)
+    cmd = command(limited(argv, limits), workdir, shared, binds, limits.tmp, info_w)
     started = time.monotonic()
     deadline = started + limits.wall
     hit: str | None = None
