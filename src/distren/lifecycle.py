@@ -83,7 +83,7 @@ class Lifecycle:
         state = self.store.job_state(t.db, job_id)
         if state in (CANCELLED, DONE):
             return
-        new = states.job_state_for(self.store.frame_counts_in(t.db, job_id))
+        new = states.job_state_for(self.store.frame_states_in(t.db, job_id))
         self._job_to(t, job_id, RENDERING if new == DONE else new, reason, old=state)
 
     def _dep_target_is(self, t: _Tx, dep: str, target_state: str, reason: str) -> None:
@@ -273,7 +273,7 @@ class Lifecycle:
                            files=files, finished=t.now, lease_expires=None)
             self._dep_target_is(t, self.store.frame_url(job_id, frame_id), "done", "done")
             self._follow(t, job_id, f"frame {frame_id} done")
-            return not self.store.unfinished_frames(t.db, job_id)
+            return set(self.store.frame_states_in(t.db, job_id)) == {DONE}
 
     def render_failed(self, job_id: int, frame_id: int, server: str, reason: str, max_attempts: int,
                       final: bool = False, blocklist_threshold: int | None = None) -> str:
