@@ -35,7 +35,7 @@ from pathlib import Path
 from . import images, sandbox
 
 IDLE = 30.0  # seconds a checker waits for its peer's next upload
-MAX_IDLE = 8  # checkers kept waiting (each an interpreter with Pillow, ~25 MB)
+MAX_IDLE = 16  # checkers kept waiting (each an interpreter with Pillow: 20 MB, 9 MB of it its own)
 MAX_IMAGES = 1000  # images one checker judges before a fresh one takes over
 MAX_WALL = 600.0  # seconds for one image, at most (the render's --frame-timeout may be longer)
 MAX_ANSWER = 2048
