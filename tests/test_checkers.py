@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,16 @@ def test_the_checkers_sandbox_has_no_files_and_a_read_only_root(tmp_path):
     cmd = sandbox.command(sandbox.limited(["/bin/sh", "-c", script], sandbox.Limits()), None)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert out.stdout.split() == ["TMP-OK"], (out.stdout, out.stderr)
+
+
+def test_a_checker_outlives_the_thread_that_first_needed_it(pool, folder):
+    """The HTTP worker threads that check uploads end when idle; bubblewrap kills a sandbox
+    when the thread that started it ends. The checker must still be there for the next upload."""
+    t = threading.Thread(target=pool.check, args=((1, "a"), folder, ["good.png"], W, H))
+    t.start()
+    t.join(60)
+    proc = pool._idle[(1, "a")].proc
+    time.sleep(0.5)  # a dying sandbox is gone within milliseconds of its thread
+    assert proc.poll() is None, "the checker died with the thread that started it"
+    pool.check((1, "a"), folder, ["good.png"], W, H)
+    assert pid(pool, (1, "a")) == proc.pid

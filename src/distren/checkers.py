@@ -29,6 +29,7 @@ import subprocess
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -119,6 +120,10 @@ class Checkers:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._sweeper: threading.Thread | None = None
+        # bubblewrap --die-with-parent kills a sandbox when the *thread* that started it ends,
+        # and the HTTP worker threads that check uploads end when idle: checkers are started
+        # from this thread, which lives as long as they may.
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="checkers-start")
 
     def check(self, key: Key, folder: Path, names: list[str], width: int, height: int) -> None:
         """Decode each image ``folder``/NAME completely in the sandbox, at ``width`` x ``height``;
@@ -151,7 +156,7 @@ class Checkers:
         if checker is not None and checker.proc.poll() is not None:  # ended while it waited
             checker.stop()
             checker = None
-        return checker or Checker(self.limits)
+        return checker or self._starter.submit(Checker, self.limits).result()
 
     def _give_back(self, key: Key, checker: Checker) -> None:
         done = []
@@ -181,3 +186,4 @@ class Checkers:
             self._idle.clear()
         for c in done:
             c.stop()
+        self._starter.shutdown(wait=False)
