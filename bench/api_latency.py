@@ -1,10 +1,12 @@
 """Does the origin stay responsive while it works hard? `GET /api/server` is timed every 20 ms
 (p50, p99, max) on an origin A (--slots 0) three times: idle; while 8 renderers lease frames and
-upload results as fast as they can (real signed leases and uploads of real frame tarballs, each a
-640x480 noise PNG that A decodes and checks); and while, on top of that, a 1 GiB bundle is
-submitted. The renderers are this script's threads speaking the protocol (rendering is not what
-is measured); everything runs on loopback on the same machine. Each phase also shows the
-server's CPU (its event loop, its other threads) and the results it accepted per second.
+upload results as fast as they can (real signed leases and uploads of real frame tarballs, each
+a 640x480 PNG that A decodes whole, and of which A verifies a share by rendering a block of the
+frame itself); and while, on top of that, a 1 GiB bundle is submitted. The renderers are this
+script's threads speaking the protocol: rendering is not what is measured, so the scene's frames
+are all alike and each renderer uploads one render of it, made here once, for every frame it
+leases. Everything runs on loopback on the same machine. Each phase also shows the server's CPU
+(its event loop, its other threads) and the results it accepted per second.
 
     python bench/api_latency.py [--mib 1024] [--seconds 10]
 """
@@ -12,7 +14,6 @@ server's CPU (its event loop, its other threads) and the results it accepted per
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import statistics
@@ -24,13 +25,14 @@ import time
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
-from distren import bundle, povini
+from distren import backends, bundle, jobfile, povini
 from distren.errors import DistrenError
 from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 from distren.pack import pack
+from distren.sandbox import Limits
+from distren.scheduling import prepare_workdir
 from distren.transfer import Transport
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -39,7 +41,8 @@ from common import cluster  # noqa: E402
 W, H, FRAMES = 640, 480, 10_000
 MiB = 1 << 20
 INI = f"Input_File_Name=s.pov\nOutput_File_Name=f.png\nInitial_Frame=1\nFinal_Frame={FRAMES}\n"
-POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere{0,1 pigment{rgb clock}}\n"
+# Every frame alike (no clock), so one render is every frame's true image: the origin's checks pass.
+POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere{0,1 pigment{rgb 0.5}}\n"
 
 
 class Probe:
@@ -79,8 +82,20 @@ def run_probe(address: str) -> None:
             print(f"{at:.3f} {(time.perf_counter() - t0) * 1000:.2f}", flush=True)
 
 
-def renderer(n: int, origin, job_id: int, work: Path, stop: threading.Event, counts: list[int]) -> None:
-    """A peer that leases frames of the job and uploads a checked-size PNG for each."""
+def render_once(bundle_tar: Path, work: Path) -> bytes:
+    """Frame 1 of the bundle's job, rendered as a renderer would (in the sandbox, by its backend)."""
+    unpacked = work / "unpacked"
+    bundle.extract(bundle_tar, unpacked)
+    jf = jobfile.loads((unpacked / jobfile.FILENAME).read_bytes())
+    frame = jf.frames[0]
+    out = work / "render"
+    shared = prepare_workdir(unpacked / "scene", out)
+    produced = backends.get(frame.backend(jf.type)).render(jf, frame, out, work / "render.log", Limits(), None, shared)
+    return (out / produced[0]).read_bytes()
+
+
+def renderer(n: int, origin, job_id: int, png: bytes, work: Path, stop: threading.Event, counts: list[int]) -> None:
+    """A peer that leases frames of the job and uploads the (true) PNG for each."""
     ident = Identity.load_or_create(f"r{n}", work / f"r{n}.key")
     ts = f"{time.time():.3f}"
     address = f"http://127.0.0.1:{9000 + n}"
@@ -88,10 +103,6 @@ def renderer(n: int, origin, job_id: int, work: Path, stop: threading.Event, cou
         "name": ident.name, "address": address, "key": ident.public, "time": ts,
         "signature": ident.sign(_hello_text(ident.name, address, ident.public, ts))}).raise_for_status()
     opts = povini.parse(INI)
-    noise = Image.frombytes("RGB", (W, H), os.urandom(W * H * 3))
-    buf = io.BytesIO()
-    noise.save(buf, format="PNG", compress_level=1)
-    png = buf.getvalue()
     transport = Transport(ident)
     tar = work / f"r{n}.tar"
     try:
@@ -142,13 +153,15 @@ def main() -> None:
         (scene / "s.pov").write_text(POV)
         (scene / "s.ini").write_text(INI)
         pack(scene / "s.ini", work / "small.tar", W, H)
+        png = render_once(work / "small.tar", work)
         with open(scene / "big.bin", "wb") as f:
             for _ in range(args.mib):
                 f.write(os.urandom(MiB))
         pack(scene / "s.ini", work / "big.tar", W, H, "1-2")
         (scene / "big.bin").unlink()
 
-        a = start("a", "--slots", "0")
+        # Steady state: renderers past their first, always-checked frames (a share is still checked).
+        a = start("a", "--slots", "0", "--verify-first", "0")
         url = a.client.submit(work / "small.tar")
         job_id = int(url.rstrip("/").rsplit("/", 1)[1])
         probe = Probe(a.address)
@@ -162,7 +175,7 @@ def main() -> None:
         time.sleep(args.seconds)
         mark("uploads")
         stop = threading.Event()
-        threads = [threading.Thread(target=renderer, args=(n, a, job_id, work, stop, counts), daemon=True)
+        threads = [threading.Thread(target=renderer, args=(n, a, job_id, png, work, stop, counts), daemon=True)
                    for n in range(8)]
         for t in threads:
             t.start()
