@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import bundle, jobfile, povini
+from .plan import movie_stem, parse_frames, tile_frames_for
 from .backends import povray
 from .errors import SceneError
 
@@ -30,17 +31,6 @@ class Packed:
     jobfile: jobfile.JobFile
     scene_dir: Path
     extra: dict[str, bytes]  # generated scene files (an INI for a bare .pov)
-
-
-def parse_frames(spec: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec or "")
-    if not m:
-        raise SceneError(f"--frames {spec!r}: use A-B (e.g. 1-12) or a single frame number")
-    a = int(m.group(1))
-    b = int(m.group(2)) if m.group(2) is not None else a
-    if b < a:
-        raise SceneError(f"--frames {spec!r}: the first frame is after the last")
-    return a, b
 
 
 def _pick(folder: Path) -> Path:
@@ -126,18 +116,6 @@ def prepare(source: Path, width: int | None = None, height: int | None = None,
     return Packed(jf, scene_dir, extra)
 
 
-def _splits(total: int, parts: int, block: int, what: str) -> list[int]:
-    """Tile edges on multiples of the render block: with antialiasing, only such edges give
-    tiles that stitch into exactly the full render (POV-Ray antialiases block by block)."""
-    edges = [min(total, round(total * k / parts / block) * block) for k in range(parts)] + [total]
-    if any(b <= a for a, b in zip(edges, edges[1:])):
-        raise SceneError(
-            f"--tiles: {total} px cannot be split into {parts} {what} whose edges fall on the {block}-px "
-            f"render block; use fewer {what}, a larger image, or a smaller block (+BS in the INI)"
-        )
-    return edges
-
-
 def tile_frames(spec: str, width: int, height: int, opts: povini.IniOptions) -> list[jobfile.Frame]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", spec)
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
@@ -146,26 +124,11 @@ def tile_frames(spec: str, width: int, height: int, opts: povini.IniOptions) -> 
     if (opts.file_type or "n")[:1].lower() != "n":
         raise SceneError(f"--tiles: the INI writes {opts.file_type!r} images; tiles are stitched into PNG only "
                          "(remove Output_File_Type / +F from the INI)")
-    block = opts.block_size or DEFAULT_BLOCK
-    xs = _splits(width, cols, block, "columns")
-    ys = _splits(height, rows, block, "rows")
-    final = opts.output_name(None)
-    stem = final.rsplit(".", 1)[0]
-    tiles = []
-    for r in range(rows):
-        for c in range(cols):
-            n = r * cols + c
-            region = f"{xs[c]},{ys[r]},{xs[c + 1]},{ys[r + 1]}"
-            tiles.append(jobfile.Frame(n, settings={"region": region, "output": f"{stem}.tile{n}.png"}))
-    stitch = jobfile.Frame(
-        len(tiles), deps=tuple(f"frame/{t.id}" for t in tiles), type="stitch",
-        settings={"output": final,
-                  "tiles": ";".join(f"{t.settings['output']}@{t.settings['region']}" for t in tiles)})
-    return tiles + [stitch]
+    return tile_frames_for(spec, width, height, opts.block_size or DEFAULT_BLOCK, opts.output_name(None))
 
 
 def movie_frame(frames: list[jobfile.Frame], opts: povini.IniOptions, fps: int = 24) -> jobfile.Frame:
-    stem = opts.output_name(None).rsplit(".", 1)[0]
+    stem = movie_stem(opts.output_name(None))
     return jobfile.Frame(
         max(f.id for f in frames) + 1, deps=tuple(f"frame/{f.id}" for f in frames), type="movie",
         settings={"output": f"{stem}.mp4", "fps": str(fps),
@@ -203,9 +166,15 @@ def pack(source: Path, output: Path, width: int | None = None, height: int | Non
          chain: bool = False) -> jobfile.JobFile:
     """Write a bundle. ``tiles="CxR"`` splits a still into tile frames plus a stitch frame;
     ``movie`` adds a frame that encodes the animation as an MP4; ``chain`` makes each frame
-    depend on the one before (for scenes that read the previous frame's image)."""
-    packed = prepare(source, width, height, frames, tiles, movie, chain)
-    members = scene_members(packed)
-    members.append((jobfile.FILENAME, packed.jobfile.to_xml()))
+    depend on the one before (for scenes that read the previous frame's image). A .blend is
+    Blender's (:mod:`distren.pack_blend`)."""
+    if Path(source).suffix.lower() == ".blend" and Path(source).is_file():
+        from . import pack_blend
+
+        jf, members = pack_blend.prepare(Path(source), width, height, frames, tiles, movie, chain)
+    else:
+        packed = prepare(source, width, height, frames, tiles, movie, chain)
+        jf, members = packed.jobfile, scene_members(packed)
+    members.append((jobfile.FILENAME, jf.to_xml()))
     bundle.write_tar(Path(output), members)
-    return packed.jobfile
+    return jf

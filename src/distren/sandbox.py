@@ -185,7 +185,8 @@ def limited(argv: list[str], limits: Limits) -> list[str]:
 @functools.cache
 def _python_parts() -> tuple[str, tuple[tuple[str, str], ...]]:
     """The interpreter's path inside the sandbox, and (inside, host) pairs to mount read-only:
-    the folders that hold distren and the packages it imports (Pillow, defusedxml)."""
+    the folders that hold distren and the packages it imports (Pillow, defusedxml, and bpy,
+    Blender as a module, where it is installed)."""
     binds: dict[str, str] = {}
     exe = os.path.realpath(sys.executable)
     base = os.path.realpath(sys.base_prefix)
@@ -193,7 +194,7 @@ def _python_parts() -> tuple[str, tuple[tuple[str, str], ...]]:
         binds[f"{PY_ROOT}/python"] = base
         exe = f"{PY_ROOT}/python/{os.path.relpath(exe, base)}"
     dirs: list[str] = []
-    for mod in ("distren", "PIL", "defusedxml"):
+    for mod in ("distren", "PIL", "defusedxml", "bpy"):
         spec = importlib.util.find_spec(mod)
         if spec is None or not spec.submodule_search_locations:
             continue

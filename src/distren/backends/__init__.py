@@ -124,8 +124,9 @@ def load_plugin(module: str) -> None:
         raise DistrenError(f"--plugin {module}: cannot import it ({e}); it must be on the Python path") from None
 
 
-from . import povray, stitch  # noqa: E402  (they import the protocol's types from above)
+from . import blender, povray, stitch  # noqa: E402  (they import the protocol's types from above)
 
-BUILTIN: tuple[Backend, ...] = (povray.PovrayBackend(), stitch.StitchBackend(), stitch.MovieBackend())
+BUILTIN: tuple[Backend, ...] = (povray.PovrayBackend(), blender.BlenderBackend(), stitch.StitchBackend(),
+                                stitch.MovieBackend())
 for _backend in BUILTIN:
     register(_backend)
