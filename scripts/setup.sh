@@ -32,3 +32,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# Blender as a Python module, the Blender backend (PyPI's bpy: Python 3.11 only, ~940 MB
+# installed, needs numpy < 2). A server without it renders POV-Ray only, and says so.
+if [ ! -f .venv/.installed-bpy ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  .venv/bin/pip install -q 'bpy==5.0.1' 'numpy<2'
+  touch .venv/.installed-bpy
+fi

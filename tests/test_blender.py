@@ -166,7 +166,9 @@ def test_twelve_frames_from_two_peers_equal_blenders_own(blend, start_server, tm
     12 frames equal Blender's own renders pixel for pixel, and the peer without Blender leased
     none of them."""
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "plugins"))
-    a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c", "--allow", "d")
+    # The origin checks one frame of each peer by a border render of its own (each is a Blender start).
+    a = start_server("a", "--slots", "0", "--verify-first", "1", "--verify-share", "0", "--allow", "b", "--allow", "c",
+                     "--allow", "d")
     start_server("b", "--slots", "1", "--peer", a.http)
     start_server("c", "--slots", "1", "--peer", a.http)
     start_server("d", "--slots", "1", "--peer", a.http, "--plugin", "noblender")
