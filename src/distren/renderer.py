@@ -79,12 +79,13 @@ class RemoteWork:
 class Renderer:
     def __init__(self, name: str, store: Store, life: Lifecycle, transport: Transport, cache: Path,
                  known_address: Callable[[str], str | None], introduce: Callable[[str], str],
-                 wake: Callable[[], None], slots: int = 1):
+                 wake: Callable[[], None], slots: int | Callable[[], int] = 1):
         """``known_address``: where a peer says it is now; ``introduce``: say hello to an
         address (an origin that does not know us yet); ``wake``: a dependency is done;
-        ``slots``: ours, which cap the leases an origin grants us."""
+        ``slots``: the renders we can run now (a number, or asked each time), which cap the
+        leases an origin grants us."""
         self.name = name
-        self.slots = slots
+        self.slots = slots if callable(slots) else lambda: slots
         self.store = store
         self.life = life
         self.transport = transport
@@ -238,7 +239,7 @@ class Renderer:
         sha = self._announced_bundle(job)
         can = ",".join(backends.available())
         resp = self.transport.call(
-            "POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots}&request={secrets.token_hex(16)}",
+            "POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots()}&request={secrets.token_hex(16)}",
             retries=2, timeout=10, to=job.server)
         if resp.status_code == 204:
             return None

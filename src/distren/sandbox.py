@@ -57,6 +57,7 @@ class Limits:
     file_bytes: int = 1 * GiB  # size of any one file written (RLIMIT_FSIZE), and of all of them
     files: int = 1000  # files and folders the run may add to its working folder
     tmp: int = 64 * MiB  # size of the sandbox's /tmp (memory-backed)
+    threads: int = 0  # render threads a program that can choose should use (0: its own choice)
 
 
 # Which serve option raises each limit: every failure reason names it.

@@ -1,8 +1,9 @@
 """Slots: the threads that render, and what each renders next.
 
-Each of a server's ``slots`` threads takes one frame at a time, round-robin over origins: this
+Each of a server's slot threads takes one frame at a time, round-robin over origins: this
 server's own queue, then each origin that announced work (:mod:`distren.renderer` leases a
-frame of it). A frame renders in a private working folder holding a copy of the scene's small
+frame of it). How many render at once is the :class:`~distren.concurrency.Governor`'s to say:
+a slot takes a permit from it before it looks for work. A frame renders in a private working folder holding a copy of the scene's small
 files, the large ones mounted read-only, and the files of the frames it depends on.
 """
 
@@ -16,10 +17,12 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import backends, bundle, jobfile, states, urls
+from .concurrency import Governor
 from .errors import DistrenError, JobFileError, LimitExceeded, RenderError
 from .fsutil import sha256_file
 from .renderer import RemoteWork
@@ -41,9 +44,10 @@ DELIVERERS = 8  # finished remote frames being sent back at once
 
 class Scheduler:
     def __init__(self, url: urls.ServerURL, store: Store, life: Lifecycle, jobfiles: JobFiles,
-                 renderer: Renderer, rebundle: Callable[[int], None], data: Path, slots: int, limits: Limits,
+                 renderer: Renderer, rebundle: Callable[[int], None], data: Path, governor: Governor, limits: Limits,
                  max_attempts: int, wake: threading.Event):
         """``rebundle(job_id)``: collect a job whose last frame is done into its result;
+        ``governor``: how many frames render at once (one slot thread per render it allows);
         ``data``: the server's folder (renders work in ``data/work``, ``data/outgoing``);
         ``wake``: set (by anyone) when there may be work, so idle slots look at once."""
         self.url = url
@@ -53,7 +57,7 @@ class Scheduler:
         self.renderer = renderer
         self.rebundle = rebundle
         self.data = data
-        self.slots = slots
+        self.governor = governor
         self.limits = limits
         self.max_attempts = max_attempts
         self._wake = wake
@@ -66,7 +70,7 @@ class Scheduler:
         self._deliveries = ThreadPoolExecutor(max_workers=DELIVERERS, thread_name_prefix="deliver")
 
     def start(self) -> None:
-        for n in range(self.slots):
+        for n in range(self.governor.cap):
             t = threading.Thread(target=self._slot, name=f"slot-{n}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -104,20 +108,27 @@ class Scheduler:
 
     def _slot(self) -> None:
         while not self._stop.is_set():
+            if not self.governor.acquire(self._stop):
+                continue
             try:
                 work = self._next_work()
             except Exception:
                 log.exception("could not find work")
                 work = None
             if work is None:
+                self.governor.release(rendered=False)
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
+            self.governor.busy()
             self._wake.set()  # there may be more work: let an idle sibling look too
-            if isinstance(work, RemoteWork):
-                self._render_remote(work)
-            else:
-                self._render(*work)
+            try:
+                if isinstance(work, RemoteWork):
+                    self._render_remote(work)
+                else:
+                    self._render(*work)
+            finally:
+                self.governor.release(rendered=True)
 
     def _next_work(self) -> tuple[int, int] | RemoteWork | None:
         """Round-robin over origins: this server's own queue, then each origin that announced
@@ -159,7 +170,8 @@ class Scheduler:
             for name in self.place_dependencies(jf, frame, workdir):
                 shared.pop(name, None)  # a dependency's file takes the place of a scene file
             backend = backends.get(frame.backend(jf.type))
-            produced = backend.render(jf, frame, workdir, logpath, self.limits, track, shared)
+            limits = replace(self.limits, threads=self.governor.threads())
+            produced = backend.render(jf, frame, workdir, logpath, limits, track, shared)
             # Only the files the frame makes are kept, named as from the untouched scene (the
             # render may have rewritten its own copy of the INI); whatever else the scene wrote
             # is left behind with the working folder.

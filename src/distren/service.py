@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import keys, sandbox, states, urls
 from .bus import Bus
+from .concurrency import CAP_PER_CORE, Governor
 from .dashboard import Dashboard
 from .errors import DistrenError
 from .jobs import JobFiles, Jobs
@@ -39,10 +40,9 @@ from .views import Views
 log = logging.getLogger("distren")
 
 MAX_ATTEMPTS = 3
-# Measured with bench/slots.py on a 2-core machine (12 frames at 160x120): 1 slot 18.2 s, 2: 11.7 s,
-# 3: 9.6 s, 4: 9.5 s, 6: 9.0 s. POV-Ray idles ~0.5 s at start and a small frame leaves cores idle,
-# so overlapping processes beats one process per core.
-DEFAULT_SLOTS = 2 * (os.cpu_count() or 1)
+# The most renders at once; without --slots the governor runs as many as keep the cores busy
+# (see concurrency), and a light frame's POV-Ray is mostly asleep, so this is many per core.
+DEFAULT_SLOTS = CAP_PER_CORE * (os.cpu_count() or 1)
 # A dead renderer's frame is queued again within this (plus the reaper's 0.5 s); renewals come
 # every third of it. Measured cost of one renewal on the origin: see docs/protocol.md §6.2.
 DEFAULT_LEASE_TIMEOUT = 20.0
@@ -55,7 +55,8 @@ DEFAULT_BLOCKLIST_THRESHOLD = 3
 class Settings:
     name: str
     data: Path
-    slots: int = DEFAULT_SLOTS
+    slots: int = DEFAULT_SLOTS  # renders at once: at most, or exactly when not adaptive
+    adaptive: bool = True  # as many as the machine's idle CPU and free memory allow (no --slots)
     limits: sandbox.Limits = field(default_factory=sandbox.Limits)  # what one frame's render may use
     max_attempts: int = MAX_ATTEMPTS
     advertise: str = "http://127.0.0.1:8311"  # the address peers reach this server at
@@ -83,6 +84,7 @@ class Server:
         self.identity, rotation = keys.load(self.url.name, s.data)
         self.transport = Transport(self.identity, ca=s.tls_ca)
         wake = threading.Event()  # set when there may be work: idle slots look at once
+        self.governor = Governor(s.slots, s.adaptive)
         self.jobfiles = JobFiles(self.store)
         self.users = Users(self.url, self.store, s.data / "admin.token")
         self.peering = Peering(self.identity, s.advertise, self.store, self.transport, wake.set, s.peering,
@@ -95,7 +97,8 @@ class Server:
                              new_origins_per_hour=s.new_origins_per_hour)
         self.renderer = Renderer(self.url.name, self.store, self.life, self.transport, s.data / "cache",
                                  self.peering.known_address,
-                                 lambda address: self.peering.introduce(address, accept=False), wake.set, s.slots)
+                                 lambda address: self.peering.introduce(address, accept=False), wake.set,
+                                 self.governor.capacity)
         self.jobs = Jobs(self.url, self.store, self.life, self.jobfiles, self.gossip.announce,
                          self.renderer.remote_frame_state, self.users.job_for,
                          lambda job_id: self.scheduler.stop_renders(job_id), wake.set)
@@ -107,7 +110,7 @@ class Server:
                              s.blocklist_threshold,
                              self.renderer.vouched)
         self.scheduler = Scheduler(self.url, self.store, self.life, self.jobfiles, self.renderer,
-                                   self.jobs.rebundle, s.data, s.slots, s.limits, s.max_attempts, wake)
+                                   self.jobs.rebundle, s.data, self.governor, s.limits, s.max_attempts, wake)
         self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now,
                            self.verifier.trust)
         self.dashboard = Dashboard(self.url, self.store, self.jobfiles, s.advertise, s.slots,

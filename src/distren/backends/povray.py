@@ -162,8 +162,9 @@ class PovrayBackend:
         return [opts.output_name(frame.id if opts.animated else None)]
 
     def command(self, jf: JobFile, frame: Frame, opts: povini.IniOptions,
-                box: tuple[int, int, int, int] | None = None) -> list[str]:
-        """``box``: render only that part (see :meth:`blocks`), else the frame (or its tile)."""
+                box: tuple[int, int, int, int] | None = None, threads: int = 0) -> list[str]:
+        """``box``: render only that part (see :meth:`blocks`), else the frame (or its tile);
+        ``threads``: POV-Ray's render threads (0: one per core), which change no pixel."""
         argv = [POVRAY, jf.settings["ini"], f"+W{jf.width}", f"+H{jf.height}"]
         if opts.animated:
             argv += [f"+SF{frame.id}", f"+EF{frame.id}"]
@@ -175,6 +176,8 @@ class PovrayBackend:
             argv += [f"+SC{x0 + 1}", f"+EC{x1}", f"+SR{y0 + 1}", f"+ER{y1}"]
         if frame.settings.get("region"):  # a tile, under its own name so that tiles do not collide
             argv += [f"+O{frame.settings['output']}", "+FN"]
+        if threads > 0:
+            argv.append(f"+WT{threads}")
         return argv + ["-D", "-P"]
 
     def blocks(self, jf: JobFile, frame: Frame, scene_dir: Path) -> list[tuple[int, int, int, int]]:
@@ -212,7 +215,7 @@ class PovrayBackend:
         store = workdir / f".distren-tmp-{secrets.token_hex(4)}"
         store.mkdir()
         before = snapshot(workdir)
-        argv = self.command(jf, frame, opts, box)
+        argv = self.command(jf, frame, opts, box, limits.threads)
         with open(log, "ab") as logf:
             logf.write(f"==== distren: {' '.join(argv)}\n".encode())
         try:

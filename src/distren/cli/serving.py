@@ -17,7 +17,8 @@ def serve(
     name: str = typer.Option(..., "--name", help="This server's permanent name: distren://NAME/."),
     listen: str = typer.Option("127.0.0.1:8311", "--listen", help="HOST:PORT to listen on."),
     data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
-    slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing)."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing; "
+                                       "default: as many as keep the cores busy while memory allows, up to 8 per core)."),
     frame_timeout: float = typer.Option(3600.0, "--frame-timeout", min=0.1, help="Seconds before a frame's render is stopped."),
     max_memory: str = typer.Option("4G", "--max-memory", help="Memory (address space) of each process of a render."),
     max_processes: int = typer.Option(256, "--max-processes", min=1, help="Processes and threads of one render."),
@@ -83,7 +84,7 @@ def serve(
     httpserver.check_tls(tls_cert, tls_key)
     for module in plugin:
         backends.load_plugin(module)
-    server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots,
+    server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots, adaptive=slots is None,
                              limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
                              verify_first=verify_first, verify_share=verify_share,
@@ -92,7 +93,7 @@ def serve(
                              max_result_bytes=parse_size(max_result_bytes, "--max-result-bytes")))
     server.start()
     can = ", ".join(f"{b} {v}" for b, v in backends.available().items())
-    err.print(f"distren server {server.url} listening on {'https' if tls_cert else 'http'}://{listen} with {server.settings.slots} slot(s) "
+    err.print(f"distren server {server.url} listening on {'https' if tls_cert else 'http'}://{listen} with {server.settings.slots} slot(s){' at most' if server.settings.adaptive else ''} "
               f"rendering {can}; "
               f"admin token in {data / 'admin.token'}")
     try:
