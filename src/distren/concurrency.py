@@ -5,7 +5,7 @@ A light frame's POV-Ray spends most of its life asleep (its start-up and its fro
 mostly idle, and a fixed larger number overloads it with heavy frames. The :class:`Governor`
 keeps a *target* number of renders: every :data:`WINDOW` in which slots wait for it, it reads
 the machine's idle CPU (``/proc/stat``) and free memory (``/proc/meminfo``'s MemAvailable) and
-raises the target by one while at least :data:`IDLE_CORES` cores stayed idle and memory allows,
+raises the target by one for every :data:`IDLE_CORES` cores that stayed idle while memory allows,
 lowers it (never below one render per core) when no core was idle, and drops it to one render
 when memory runs short. ``--slots N`` fixes the number instead.
 
@@ -139,7 +139,9 @@ class Governor:
         spent = total - total0
         idle_cores = self.cpus * (idle - idle0) / spent if spent > 0 else float(self.cpus)
         if idle_cores >= IDLE_CORES and self.rendering >= self.target:
-            self.target = min(self.cap, self.target + 1)
+            # One more for each half core left idle: light frames reach their number in a few
+            # windows, and heavy ones, once computing, bring it back down.
+            self.target = min(self.cap, self.target + int(idle_cores / IDLE_CORES))
         elif idle_cores < BUSY_CORES:
             self.target = max(self._floor, self.target - 1)
         else:
