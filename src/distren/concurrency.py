@@ -103,6 +103,11 @@ class Governor:
                 self.rendering -= 1
             self._cond.notify()
 
+    def interrupt(self) -> None:
+        """Wake every slot waiting for a permit (the server stops)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def capacity(self) -> int:
         """The renders this server can run now: what it states to origins in lease requests."""
         with self._cond:

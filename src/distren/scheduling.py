@@ -79,6 +79,7 @@ class Scheduler:
         """Stop taking work and kill every render; :meth:`join` waits for the slots."""
         self._stop.set()
         self._wake.set()
+        self.governor.interrupt()
         self._deliveries.shutdown(wait=False, cancel_futures=True)
         self.renderer.stop()
         with self._procs_lock:
