@@ -150,7 +150,7 @@ def test_a_render_alone_gets_every_core_and_one_beside_others_gets_one():
 
 
 def test_stop_ends_a_wait_for_a_permit():
-    gov = governor(Machine(idle=0.0), cap=1)
+    gov = governor(Machine(idle=0.0), cap=1, adaptive=False)
     stop = threading.Event()
     assert gov.acquire(stop)
     gov.busy()
