@@ -14,6 +14,7 @@ leases. Everything runs on loopback on the same machine. Each phase also shows t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -94,14 +96,59 @@ def render_once(bundle_tar: Path, work: Path) -> bytes:
     return (out / produced[0]).read_bytes()
 
 
-def renderer(n: int, origin, job_id: int, png: bytes, work: Path, stop: threading.Event, counts: list[int]) -> None:
-    """A peer that leases frames of the job and uploads the (true) PNG for each."""
-    ident = Identity.load_or_create(f"r{n}", work / f"r{n}.key")
+def signed_hello(ident: Identity, address: str) -> dict:
     ts = f"{time.time():.3f}"
-    address = f"http://127.0.0.1:{9000 + n}"
-    httpx.post(origin.address + "/fed/hello", json={
-        "name": ident.name, "address": address, "key": ident.public, "time": ts,
-        "signature": ident.sign(_hello_text(ident.name, address, ident.public, ts))}).raise_for_status()
+    return {"name": ident.name, "address": address, "key": ident.public, "time": ts,
+            "backends": backends.available(), "signature": ident.sign(_hello_text(ident.name, address, ident.public, ts))}
+
+
+class OwnAddress:
+    """A renderer's address: the origin confirms a hello by asking its address for the same
+    hello, and syncs its state (one slot, nothing announced) from there."""
+
+    def __init__(self, ident: Identity):
+        def answer(path: str) -> dict | None:
+            if path == "/fed/hello":
+                return signed_hello(ident, self.address)
+            if path.startswith("/fed/state"):
+                return {"name": ident.name, "slots": 1, "backends": backends.available(), "rendering": [],
+                        "announcements": []}
+            return None
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = answer(self.path)
+                data = json.dumps(body if body is not None else {"error": "not here"}).encode()
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.address = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def renderer(n: int, origin, job_id: int, png: bytes, work: Path, stop: threading.Event, counts: list[int],
+             failures: list[str]) -> None:
+    """A peer that leases frames of the job and uploads the (true) PNG for each. The origin
+    accepts it by name (``--allow rN``) once its own address confirms its hello."""
+    ident = Identity.load_or_create(f"r{n}", work / f"r{n}.key")
+    own = OwnAddress(ident)
+    resp = httpx.post(origin.address + "/fed/hello", json=signed_hello(ident, own.address), timeout=30)
+    if resp.status_code != 200 or resp.json().get("peering") != "accepted":
+        own.close()
+        failures.append(f"renderer {n}: {origin.name} did not accept its hello: {resp.status_code} {resp.text[:300]}")
+        return
     opts = povini.parse(INI)
     transport = Transport(ident)
     tar = work / f"r{n}.tar"
@@ -115,9 +162,10 @@ def renderer(n: int, origin, job_id: int, png: bytes, work: Path, stop: threadin
             transport.upload(origin.address, f"/fed/jobs/{job_id}/frames/{frame}/result", tar, to="a")
             counts[n] += 1
     except DistrenError as e:
-        print(f"renderer {n}: {e}", file=sys.stderr)
+        failures.append(f"renderer {n}: {e}")
     finally:
         transport.close()
+        own.close()
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -161,11 +209,12 @@ def main() -> None:
         (scene / "big.bin").unlink()
 
         # Steady state: renderers past their first, always-checked frames (a share is still checked).
-        a = start("a", "--slots", "0", "--verify-first", "0")
+        a = start("a", "--slots", "0", "--verify-first", "0", *(f"--allow=r{n}" for n in range(8)))
         url = a.client.submit(work / "small.tar")
         job_id = int(url.rstrip("/").rsplit("/", 1)[1])
         probe = Probe(a.address)
         counts = [0] * 8
+        failures: list[str] = []
         marks = [(time.perf_counter(), cpu_seconds(a.proc.pid), 0)]
 
         def mark(phase: str) -> None:
@@ -175,7 +224,7 @@ def main() -> None:
         time.sleep(args.seconds)
         mark("uploads")
         stop = threading.Event()
-        threads = [threading.Thread(target=renderer, args=(n, a, job_id, png, work, stop, counts), daemon=True)
+        threads = [threading.Thread(target=renderer, args=(n, a, job_id, png, work, stop, counts, failures), daemon=True)
                    for n in range(8)]
         for t in threads:
             t.start()
@@ -191,6 +240,8 @@ def main() -> None:
             t.join(60)
         samples = probe.stop()
         print(f"results accepted: {sum(counts)}; the big submit took {submit_s:.1f} s")
+    if failures or not all(counts):  # a renderer that stopped would make the load lighter than said
+        sys.exit("the load was not as described:\n" + "\n".join(failures or [f"results per renderer: {counts}"]))
     phases = [p for _, p in probe._phases[:-1]]
     for phase, (t0, c0, n0), (t1, c1, n1) in zip(phases, marks, marks[1:]):
         s = t1 - t0
