@@ -8,7 +8,7 @@ are all alike and each renderer uploads one render of it, made here once, for ev
 leases. Everything runs on loopback on the same machine. Each phase also shows the server's CPU
 (its event loop, its other threads) and the results it accepted per second.
 
-    python bench/api_latency.py [--mib 1024] [--seconds 10]
+    python bench/api_latency.py [--mib 1024] [--seconds 10] [--verify-share 0.1]
 """
 
 from __future__ import annotations
@@ -192,8 +192,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=1024, help="size of the big bundle's scene file")
     ap.add_argument("--seconds", type=float, default=10, help="length of each measured phase")
+    ap.add_argument("--verify-share", default="0.1", help="the share of uploads the origin verifies (0: none)")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cores; 8 renderers upload {W}x{H} PNGs; a {args.mib} MiB bundle")
+    print(f"machine: {os.cpu_count()} cores; 8 renderers upload {W}x{H} PNGs, {args.verify_share} of them "
+          f"verified; a {args.mib} MiB bundle")
     with tempfile.TemporaryDirectory(prefix="distren-bench-latency-") as tmp, cluster("latency") as (start, _):
         work = Path(tmp)
         scene = work / "scene"
@@ -209,7 +211,7 @@ def main() -> None:
         (scene / "big.bin").unlink()
 
         # Steady state: renderers past their first, always-checked frames (a share is still checked).
-        a = start("a", "--slots", "0", "--verify-first", "0", *(f"--allow=r{n}" for n in range(8)))
+        a = start("a", "--slots", "0", "--verify-first", "0", "--verify-share", args.verify_share, *(f"--allow=r{n}" for n in range(8)))
         url = a.client.submit(work / "small.tar")
         job_id = int(url.rstrip("/").rsplit("/", 1)[1])
         probe = Probe(a.address)

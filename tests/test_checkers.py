@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -136,6 +137,52 @@ def test_one_peers_concurrent_uploads_each_get_a_verdict(pool, folder):
         t.join(60)
     assert len(errors) == 2 and all("junk.png is not a readable image" in str(e) for e in errors)
     assert len(pool._idle) <= 1
+
+
+def test_a_verifying_comparison_goes_to_the_checker_that_checked_the_upload(pool, folder):
+    """Verification compares a block of the upload with the origin's render in the checker the
+    upload's images just went through: no interpreter is started for it. A difference retires
+    the checker, like a refusal; an unreadable render of the origin's own says nothing of it."""
+    Image.new("RGB", (W, H), (10, 20, 31)).save(folder / "other.png")
+    pool.check((1, "a"), folder, ["good.png"], W, H)
+    first = pool._idle[(1, "a")].proc
+    assert pool.compare((1, "a"), folder / "good.png", folder / "good.png", (0, 0, W, H)) == ("same", "")
+    assert pool.compare((1, "a"), folder / "good.png", folder / "junk.png", (0, 0, 8, 8))[0] == "unknown"
+    assert pid(pool, (1, "a")) == first.pid, "a comparison started a checker of its own"
+    said = pool.compare((1, "a"), folder / "other.png", folder / "good.png", (8, 0, 16, 8))
+    assert said == ("differ", "pixels differ in (8,0)-(15,7)")
+    assert first.poll() is not None and (1, "a") not in pool._idle, "the checker that saw a difference was kept"
+
+
+def test_a_comparison_that_gets_no_verdict_is_unknown_and_its_checker_killed(folder):
+    before = children()
+    pool = checkers.Checkers(sandbox.Limits(wall=0.001))  # not even time to start
+    try:
+        outcome, detail = pool.compare((1, "a"), folder / "good.png", folder / "good.png", (0, 0, W, H))
+        assert outcome == "unknown" and detail.startswith("the comparison could not run (it took longer than 0.001 s")
+        assert not pool._idle and children() <= before, "the checker that timed out is still running"
+    finally:
+        pool.close()
+
+
+def test_a_malformed_request_gets_a_refusal_not_the_checkers_end(tmp_path):
+    """The checker's own loop (distren.images.serve), in process: a comparison needs two files."""
+    (tmp_path / "good.png").write_bytes(png())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    t = threading.Thread(target=images.serve, args=(theirs,), daemon=True)
+    t.start()
+    fd = os.open(tmp_path / "good.png", os.O_RDONLY)
+    try:
+        for request in [b"compare 0 0 8 8", b"compare 0 0 8", b"32 24 good.png"]:
+            socket.send_fds(ours, [request], [fd] if request != b"compare 0 0 8" else [fd, fd])
+            answer = ours.recv(4096)
+            assert answers.startswith(b"ok" if request == b"32 24 good.png" else b"refused: malformed request"), answer
+    finally:
+        os.close(fd)
+        ours.close()
+        t.join(10)
+        theirs.close()
+    assert not t.is_alive()
 
 
 def test_the_checkers_sandbox_has_no_files_and_a_read_only_root(tmp_path):

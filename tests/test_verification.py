@@ -1,5 +1,5 @@
 """The pieces of verified results, without servers: the exact comparison of a block (in process
-and in the sandbox), and POV-Ray's blocks, which rendered alone give the pixels of the whole."""
+and in the sandboxed checker), and POV-Ray's blocks, which rendered alone give the pixels of the whole."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import POV_ANIM, SCENES
-from distren import backends, jobfile, pixels, sandbox
+from distren import backends, checkers, jobfile, pixels, sandbox
 from distren.errors import Conflict
 from distren.lifecycle import Lifecycle
 from distren.states import DONE, QUEUED
 from distren.store import Store
-from distren.verification import _same_pixels
 
 W, H = 70, 50
 
@@ -65,22 +64,29 @@ def test_another_mode_or_size_differs(tmp_path):
 
 
 def test_the_sandboxed_comparison_says_same_differ_or_unknown(tmp_path):
+    """In the checker of the job and the uploading peer (distren.checkers), as the origin does."""
     sandbox.check()
     want = picture(tmp_path / "want.png")
     black = tmp_path / "black.png"
     Image.new("RGB", (W, H)).save(black)
-    limits = sandbox.Limits()
-    assert _same_pixels(picture(tmp_path / "again.png"), want, (32, 32, 64, 50), tmp_path / "w", limits) == ("same", "")
-    outcome, detail = _same_pixels(with_pixel(want, tmp_path / "one.png", (40, 33)), want, (32, 32, 64, 50),
-                                   tmp_path / "w", limits)
-    assert (outcome, detail) == ("differ", "pixels differ in (40,33)-(40,33)")
-    assert _same_pixels(black, want, (0, 0, 32, 32), tmp_path / "w", limits)[0] == "differ"
-    garbage = tmp_path / "garbage.png"
-    garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot an image at all")
-    assert _same_pixels(garbage, want, (0, 0, 32, 32), tmp_path / "w", limits)[0] == "differ"
-    # The origin's own image unreadable: nothing is said of the upload.
-    assert _same_pixels(want, garbage, (0, 0, 32, 32), tmp_path / "w", limits)[0] == "unknown"
-    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [], "the comparison left files behind"
+    pool = checkers.Checkers(sandbox.Limits())
+    try:
+        def compare(got: Path, want: Path, box: tuple[int, int, int, int]) -> tuple[str, str]:
+            return pool.compare((1, "peer"), got, want, box)
+
+        assert compare(picture(tmp_path / "again.png"), want, (32, 32, 64, 50)) == ("same", "")
+        assert compare(with_pixel(want, tmp_path / "one.png", (40, 33)), want, (32, 32, 64, 50)) == \
+            ("differ", "pixels differ in (40,33)-(40,33)")
+        assert compare(black, want, (0, 0, 32, 32)) == ("differ", "pixels differ in (0,0)-(31,31)")
+        garbage = tmp_path / "garbage.png"
+        garbage.write_bytes(b"\x89PNG\r\n\x1a\nnot an image at all")
+        assert compare(garbage, want, (0, 0, 32, 32)) == ("differ", "the image does not decode (UnidentifiedImageError)")
+        assert compare(black, picture(tmp_path / "grey.png", mode="L"), (0, 0, 32, 32)) == \
+            ("differ", "its pixels are RGB, not L")
+        # The origin's own image unreadable: nothing is said of the upload.
+        assert compare(want, garbage, (0, 0, 32, 32)) == ("unknown", "UnidentifiedImageError")
+    finally:
+        pool.close()
 
 
 def job_of(ini: str, frames: list[jobfile.Frame], width: int = W, height: int = H) -> jobfile.JobFile:

@@ -10,7 +10,13 @@ it answers with a verdict.
 Who may share a checker: only the uploads of one peer for one job. A peer whose image took
 over a checker (through a bug in a decoder) can then bend the verdicts on its own later uploads
 for that job, which it could fill with any decodable picture anyway; it never sees or judges
-another peer's images, nor another job's. A checker sees nothing but the files it is sent: its
+another peer's images, nor another job's. The same checker compares, when the origin verifies
+an upload (:mod:`distren.verification`), a block of it with the origin's own render of that
+frame (:mod:`distren.pixels`): a checker taken over could then also call its peer's later
+uploads for the job right, but so could an exploit that peer put in every upload against a
+fresh interpreter per comparison (it cannot tell which uploads are verified), and what the
+checker is sent of the origin is that job's frame, which the peer renders anyway. A checker
+sees nothing but the files it is sent: its
 /work is empty, its root read-only, it has no network. It is bounded like every sandboxed run
 (memory, processes, file size, a small /tmp) and, being long-lived, also so: each image must be
 answered within the wall limit (or the checker is killed), a checker retires after MAX_IMAGES
@@ -33,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from . import images, sandbox
+from . import images, pixels, sandbox
 
 IDLE = 30.0  # seconds a checker waits for its peer's next upload
 MAX_IDLE = 16  # checkers kept waiting (each an interpreter with Pillow: 20 MB, 9 MB of it its own)
@@ -68,13 +74,15 @@ class Checker:
         finally:
             theirs.close()
 
-    def check(self, path: Path, width: int, height: int, name: str) -> str | None:
-        """None if the image at ``path`` is good, else what is wrong with it."""
-        self.images += 1
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    def _ask(self, request: bytes, paths: list[Path]) -> bytes:
+        """Send ``request`` with ``paths`` as open read-only files; its answer."""
+        self.images += len(paths)
+        fds: list[int] = []
         try:
+            for path in paths:
+                fds.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
             self.sock.settimeout(self.limits.wall)
-            socket.send_fds(self.sock, [f"{width} {height} {name}".encode()], [fd])
+            socket.send_fds(self.sock, [request], fds)
             answer = self.sock.recv(MAX_ANSWER)
         except TimeoutError:
             raise CheckerFailed(f"it took longer than {self.limits.wall:g} s; the server's --frame-timeout, "
@@ -82,15 +90,30 @@ class Checker:
         except OSError as e:  # the checker is gone: EPIPE, ECONNRESET
             raise CheckerFailed(self._exit(f"{type(e).__name__}")) from None
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         self.used = time.monotonic()
+        if not answer:
+            raise CheckerFailed(self._exit("no verdict"))
+        return answer
+
+    def check(self, path: Path, width: int, height: int, name: str) -> str | None:
+        """None if the image at ``path`` is good, else what is wrong with it."""
+        answer = self._ask(f"{width} {height} {name}".encode(), [path])
         if answer == images.OK:
             return None
         if answer.startswith(images.REFUSED):
-            # Its words go back to the peer: one printable line.
-            said = answer[len(images.REFUSED):].decode(errors="replace")
-            return " ".join("".join(c if c.isprintable() else " " for c in said).split())[:500]
-        raise CheckerFailed(self._exit("no verdict") if not answer else "it answered something else than a verdict")
+            return _line(answer[len(images.REFUSED):])  # its words go back to the peer
+        raise CheckerFailed("it answered something else than a verdict")
+
+    def compare(self, got: Path, want: Path, box: tuple[int, int, int, int]) -> tuple[str, str]:
+        """("same" | "differ" | "unknown", what differs or why it is not known): the pixels of
+        ``box`` in the upload ``got`` and in the origin's own render ``want``."""
+        answer = self._ask(images.COMPARE + " ".join(map(str, box)).encode(), [got, want])
+        for outcome in (pixels.SAME, pixels.DIFFER, pixels.UNKNOWN):
+            if answer.startswith(outcome.encode()):
+                return outcome.removesuffix(": "), _line(answer[len(outcome):])
+        raise CheckerFailed("it answered something else than a verdict")
 
     def _exit(self, what: str) -> str:
         try:
@@ -109,6 +132,12 @@ class Checker:
             except (ProcessLookupError, PermissionError):
                 pass
             self.proc.wait()
+
+
+def _line(said: bytes) -> str:
+    """A checker's words, which go back to the peer: one printable line."""
+    text = said.decode(errors="replace")
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
 
 
 class Checkers:
@@ -144,6 +173,25 @@ class Checkers:
             checker.stop()  # a refusal too: the image that was refused may have done more
             raise
         self._give_back(key, checker)
+
+    def compare(self, key: Key, got: Path, want: Path, box: tuple[int, int, int, int]) -> tuple[str, str]:
+        """:meth:`Checker.compare` in the checker of ``key``, the peer that uploaded ``got``
+        (it has just checked its images): ("same" | "differ" | "unknown", details)."""
+        sandbox.check()
+        checker = self._take(key)
+        try:
+            outcome, detail = checker.compare(got, want, box)
+        except CheckerFailed as e:
+            checker.stop()
+            return "unknown", f"the comparison could not run ({e})"
+        except BaseException:
+            checker.stop()
+            raise
+        if outcome == "differ":
+            checker.stop()  # as after a refusal: the image that differs may have done more
+        else:
+            self._give_back(key, checker)
+        return outcome, detail
 
     def _take(self, key: Key) -> Checker:
         with self._lock:

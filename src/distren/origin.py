@@ -215,7 +215,8 @@ class Origin:
             files = uploads.check_frame_tar(tar, staged / "files", expected, frame_id, jf.width, jf.height,
                                             self.max_result_bytes,
                                             functools.partial(self.checkers.check, (job_id, sender)))
-            self.verifier.check(sender, job_id, jf, frame, staged / "files")
+            self.verifier.check(sender, job_id, jf, frame, staged / "files",
+                                functools.partial(self.checkers.compare, (job_id, sender)))
             kept = staged / "frame.tar"
             bundle.write_tar(kept, [(f["name"], staged / "files" / f["name"]) for f in files])
             with self._result_lock:

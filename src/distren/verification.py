@@ -7,7 +7,8 @@ A peer's upload that passed :mod:`distren.uploads` is checked before the frame i
 origin renders one block of the frame, picked at random among those its backend can render
 alone with exactly the pixels of a whole render (POV-Ray: its own render blocks, see
 ``backends.povray.BLOCK_SIZE``), in the sandbox, and compares that block of the upload with
-its own byte for byte, also in the sandbox (:mod:`distren.pixels`: the upload is hostile data).
+its own byte for byte, also in the sandbox: in the image checker that has just checked the
+upload (:mod:`distren.checkers`, :mod:`distren.pixels`; the upload is hostile data).
 
 A block that differs is not yet a verdict: some scenes render a part differently from the whole
 (radiosity's pretrace looks at what is rendered). So the origin renders the whole frame and
@@ -29,7 +30,6 @@ import secrets
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +48,7 @@ log = logging.getLogger("distren.verification")
 FIRST = 3  # a new renderer's frames checked, all of them
 SHARE = 0.1  # then this share of its frames
 Box = tuple[int, int, int, int]
+Compare = Callable[[Path, Path, Box], tuple[str, str]]
 _random = secrets.SystemRandom()  # a renderer must not be able to tell which frames are checked
 
 
@@ -98,17 +99,18 @@ class Verifier:
 
     # --- checks --------------------------------------------------------------------------
 
-    def check(self, sender: str, job_id: int, jf: JobFile, frame: Frame, files: Path) -> None:
+    def check(self, sender: str, job_id: int, jf: JobFile, frame: Frame, files: Path, compare: Compare) -> None:
         """Check ``sender``'s upload of ``frame`` (its files unpacked in ``files``), or not, as
-        chance has it. Raises :class:`Untrusted` when its pixels are wrong, once its frames
-        are back in the queue."""
+        chance has it; ``compare(got, want, box)`` compares pixels in the sandbox (the checker
+        of the job and ``sender``, :meth:`distren.checkers.Checkers.compare`). Raises
+        :class:`Untrusted` when its pixels are wrong, once its frames are back in the queue."""
         self.may_lease(sender)
         t = self.store.trust(sender).get(sender)
         if (t["checked"] if t else 0) >= self.first and _random.random() >= self.share:
             return
         what = f"frame {frame.id} of {self.url.job(job_id)}"
         try:
-            outcome, detail = self._verdict(job_id, jf, frame, files)
+            outcome, detail = self._verdict(job_id, jf, frame, files, compare)
         except DistrenError as e:  # the origin's own render failed: nothing is said of the peer's
             outcome, detail = "unknown", f"the check's own render failed: {e}"
         self._note(job_id, frame.id, f"checked {detail}: {outcome}" if outcome != "unknown" else
@@ -127,7 +129,7 @@ class Verifier:
         raise Untrusted(f"wrong pixels: {detail}; {self.url} no longer trusts {sender}, and "
                         f"{len(requeued)} frame(s) it rendered or held go to other servers")
 
-    def _verdict(self, job_id: int, jf: JobFile, frame: Frame, files: Path) -> tuple[str, str]:
+    def _verdict(self, job_id: int, jf: JobFile, frame: Frame, files: Path, compare: Compare) -> tuple[str, str]:
         """("same" | "differ" | "unknown", what was compared and how it came out)."""
         backend = backends.get(frame.backend(jf.type))
         scene = self.store.scene_dir(job_id)
@@ -141,17 +143,17 @@ class Verifier:
             return "unknown", f"{backend.name} frames like this one cannot be checked by part"
         box = _random.choice(blocks)
         with self._renders:
-            outcome, detail = self._compare(job_id, jf, frame, files, backend, box)
+            outcome, detail = self._compare(job_id, jf, frame, files, compare, backend, box)
             if outcome != "differ":
                 return outcome, f"block {_text(box)}" + (f" ({detail})" if detail else "")
             # Some scenes render a part unlike the whole: the whole frame decides.
             whole = (min(b[0] for b in blocks), min(b[1] for b in blocks),
                      max(b[2] for b in blocks), max(b[3] for b in blocks))
-            outcome, detail = self._compare(job_id, jf, frame, files, backend, None, whole)
+            outcome, detail = self._compare(job_id, jf, frame, files, compare, backend, None, whole)
             return outcome, f"block {_text(box)} and then the whole frame" + (f": {detail}" if detail else "")
 
-    def _compare(self, job_id: int, jf: JobFile, frame: Frame, files: Path, backend, box: Box | None,
-                 whole: Box | None = None) -> tuple[str, str]:
+    def _compare(self, job_id: int, jf: JobFile, frame: Frame, files: Path, compare: Compare, backend,
+                 box: Box | None, whole: Box | None = None) -> tuple[str, str]:
         """Render ``box`` of the frame here (the whole frame if None) and compare it, in
         ``whole`` for a whole render, with the upload."""
         work = self.work / f"verify-{job_id}-{frame.id}-{secrets.token_hex(4)}"
@@ -167,7 +169,7 @@ class Verifier:
                 name = next((n for n in produced if Path(n).suffix.lower() in images.SUFFIXES), "")
             if not (work / name).is_file() or not (files / name).is_file():
                 return "unknown", f"no {name or 'image'} to compare"
-            return _same_pixels(files / name, work / name, box or whole, self.work, self.limits)
+            return compare(files / name, work / name, box or whole)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             render_log.unlink(missing_ok=True)
@@ -182,29 +184,3 @@ class Verifier:
 
 def _text(box: Box) -> str:
     return f"({box[0]},{box[1]})-({box[2] - 1},{box[3] - 1})"
-
-
-def _same_pixels(got: Path, want: Path, box: Box, work: Path, limits: sandbox.Limits) -> tuple[str, str]:
-    """:func:`distren.pixels.compare` in the sandbox, both images mounted read-only."""
-    folder = work / f"compare-{secrets.token_hex(4)}"
-    folder.mkdir(parents=True)
-    try:
-        names = {"got" + got.suffix: got, "want" + want.suffix: want}
-        for n in names:
-            (folder / n).touch()  # mount points
-        argv, binds = sandbox.python_command("distren.pixels", [*map(str, box), *names])
-        out = sandbox.run(argv, folder, _compare_limits(limits), folder.with_suffix(".log"), shared=names,
-                          binds=binds)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.with_suffix(".log").unlink(missing_ok=True)
-    said = [ln.removeprefix("distren-pixels: ") for ln in out.tail.splitlines() if ln.startswith("distren-pixels: ")]
-    if out.returncode == 0 and said == ["same"]:
-        return "same", ""
-    if out.returncode == 1 and said and said[-1].startswith("differ: "):
-        return "differ", said[-1].removeprefix("differ: ")
-    return "unknown", f"the comparison could not run ({out.reason or f'exit {out.returncode}'})"
-
-
-def _compare_limits(limits: sandbox.Limits) -> sandbox.Limits:
-    return replace(limits, wall=min(limits.wall, 600.0))
