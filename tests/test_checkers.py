@@ -176,7 +176,7 @@ def test_a_malformed_request_gets_a_refusal_not_the_checkers_end(tmp_path):
         for request in [b"compare 0 0 8 8", b"compare 0 0 8", b"32 24 good.png"]:
             socket.send_fds(ours, [request], [fd] if request != b"compare 0 0 8" else [fd, fd])
             answer = ours.recv(4096)
-            assert answers.startswith(b"ok" if request == b"32 24 good.png" else b"refused: malformed request"), answer
+            assert answer.startswith(b"ok" if request == b"32 24 good.png" else b"refused: malformed request"), answer
     finally:
         os.close(fd)
         ours.close()

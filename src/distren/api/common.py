@@ -92,29 +92,32 @@ async def receive_file(request: Request, staging: Path, prefix: str, limit: int,
     batch: list[bytes] = []
     pending = 0
 
-    def put(chunks: list[bytes], f) -> None:
+    def put(chunks: list[bytes], f, last: bool = False) -> None:
         for chunk in chunks:
             h.update(chunk)
             f.write(chunk)
-
-    try:
-        with open(path, "wb") as f:
-            # Hashing and writing happen in a worker thread, a batch at a time: a write can
-            # block for long once the kernel throttles a fast writer's dirty pages, and the
-            # event loop answers everyone else meanwhile.
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise BundleError(f"{what} is larger than {limit} bytes; refused")
-                batch.append(chunk)
-                pending += len(chunk)
-                if pending >= WRITE_BATCH:
-                    await run_in_threadpool(put, batch, f)
-                    batch, pending = [], 0
-            await run_in_threadpool(put, batch, f)
+        if last:
             f.flush()
-            await run_in_threadpool(os.fsync, f.fileno())
+            os.fsync(f.fileno())
+            f.close()
+
+    # Every file operation happens in a worker thread, the writes a batch at a time: a write
+    # (a flush, a file's creation) can block for long once the kernel throttles a fast writer's
+    # dirty pages, and the event loop answers everyone else meanwhile.
+    f = await run_in_threadpool(open, path, "wb")
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BundleError(f"{what} is larger than {limit} bytes; refused")
+            batch.append(chunk)
+            pending += len(chunk)
+            if pending >= WRITE_BATCH:
+                await run_in_threadpool(put, batch, f)
+                batch, pending = [], 0
+        await run_in_threadpool(put, batch, f, True)
     except BaseException:
+        f.close()
         path.unlink(missing_ok=True)
         raise
     return path, h.hexdigest()

@@ -180,12 +180,15 @@ def router(server: Server) -> APIRouter:
         await run_in_threadpool(origin.leased_to_or_done, sender, job_id, frame_id)
         path, digest = await receive_file(request, server.store.staging_dir(), "result",
                                           server.settings.max_result_bytes, "the frame tarball")
-        try:
-            if digest != claimed:
-                raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
-            outcome = await run_in_threadpool(origin.accept_result, sender, job_id, frame_id, path)
-        finally:
-            path.unlink(missing_ok=True)
-        return {"result": outcome}
+
+        def accept() -> str:
+            try:
+                if digest != claimed:
+                    raise BundleError("the upload's content does not match its X-Content-SHA256; send it again")
+                return origin.accept_result(sender, job_id, frame_id, path)
+            finally:
+                path.unlink(missing_ok=True)  # off the loop too: a busy disk can make it wait
+
+        return {"result": await run_in_threadpool(accept)}
 
     return api
