@@ -168,16 +168,20 @@ def renderer(n: int, origin, job_id: int, png: bytes, work: Path, stop: threadin
         own.close()
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
     """CPU seconds (user + system) a server has used so far: its main thread (the event loop),
-    and its other threads. (Not its sandboxed children: bubblewrap does not pass their time on.)"""
+    and its other threads (not its sandboxed children: bubblewrap does not pass their time on);
+    and the whole machine's busy seconds, whoever used them (in the idle phase: other work
+    sharing the machine, which the figures of a run depend on)."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def fields(path: str) -> list[int]:  # utime, stime (fields 14, 15)
         return [int(x) for x in Path(path).read_text().rsplit(")", 1)[1].split()[11:13]]
 
     loop, total = fields(f"/proc/{pid}/task/{pid}/stat"), fields(f"/proc/{pid}/stat")
-    return (loop[0] + loop[1]) / tick, (total[0] + total[1] - loop[0] - loop[1]) / tick
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(cpu[:8]) - cpu[3] - cpu[4]  # all but idle and iowait
+    return (loop[0] + loop[1]) / tick, (total[0] + total[1] - loop[0] - loop[1]) / tick, busy / tick
 
 
 def summary(xs: list[float]) -> str:
@@ -247,10 +251,11 @@ def main() -> None:
     phases = [p for _, p in probe._phases[:-1]]
     for phase, (t0, c0, n0), (t1, c1, n1) in zip(phases, marks, marks[1:]):
         s = t1 - t0
-        loop, others = (b - a for a, b in zip(c0, c1))
+        loop, others, machine = (b - a for a, b in zip(c0, c1))
         print(f"GET /api/server, {phase:24s} {summary(samples.get(phase, [0.0]))}")
         print(f"    server CPU per second: event loop {loop / s:.2f}, other threads {others / s:.2f}; "
-              f"{(n1 - n0) / s:.1f} results accepted per second")
+              f"{(n1 - n0) / s:.1f} results accepted per second; machine {machine / s:.2f} of "
+              f"{os.cpu_count()} cores busy")
 
 
 if __name__ == "__main__":
