@@ -7,20 +7,20 @@ an origin did while renderers uploaded, and its answers to everyone slowed down.
 is started once and kept: each image is sent to it as an open read-only file over a socket, and
 it answers with a verdict.
 
-Who may share a checker: only the uploads of one peer for one job. A peer whose image took
-over a checker (through a bug in a decoder) can then bend the verdicts on its own later uploads
-for that job, which it could fill with any decodable picture anyway; it never sees or judges
+Who may share a checker: only the uploads of one peer for one job. A peer whose image took over
+a checker (through a bug in a decoder) can then bend the verdicts on its own later uploads for
+that job, which it could fill with any decodable picture anyway; it never sees or judges
 another peer's images, nor another job's. The same checker compares, when the origin verifies
 an upload (:mod:`distren.verification`), a block of it with the origin's own render of that
 frame (:mod:`distren.pixels`): a checker taken over could then also call its peer's later
 uploads for the job right, but so could an exploit that peer put in every upload against a
 fresh interpreter per comparison (it cannot tell which uploads are verified), and what the
 checker is sent of the origin is that job's frame, which the peer renders anyway. A checker
-sees nothing but the files it is sent: its
-/work is empty, its root read-only, it has no network. It is bounded like every sandboxed run
-(memory, processes, file size, a small /tmp) and, being long-lived, also so: each image must be
-answered within the wall limit (or the checker is killed), a checker retires after MAX_IMAGES
-images, one idle for IDLE seconds is stopped, and at most MAX_IDLE wait idle.
+sees nothing but the files it is sent: its /work is empty, its root read-only, it has no
+network. It is bounded like every sandboxed run (memory, processes, file size, a small /tmp)
+and, being long-lived, also so: each image must be answered within the wall limit (or the
+checker is killed), a checker retires after MAX_IMAGES images, one idle for IDLE seconds is
+stopped, and at most MAX_IDLE wait idle.
 
 Checkers run at nice 10, like renders: under load the server's own work (leases, renewals,
 answers) goes first.
