@@ -3,7 +3,8 @@ inside functions and under ``if TYPE_CHECKING:`` too, and no module over 400 lin
 docstring says why (with the words "over 400 lines").
 
 Also the rooms' rule: the rooms get what they need passed in, so only the composition root's
-users (the api package, the cli) import ``service``."""
+users (the api package, the cli) import ``service``; and the lifecycle's: only it moves frames
+and jobs."""
 
 from __future__ import annotations
 
@@ -110,3 +111,30 @@ def test_no_module_over_400_lines_without_a_reason():
         if lines > MAX_LINES and MARKER not in " ".join(doc.split()):
             long.append(f"{name}: {lines} lines")
     assert long == []
+
+
+def store_moves() -> set[str]:
+    """The store's functions that run inside a transaction lifecycle opened (they take ``db``)."""
+    out = set()
+    for name, path in modules().items():
+        if name.startswith("distren.store"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef) and [a.arg for a in node.args.args[:2]] == ["self", "db"]:
+                    out.add(node.name)
+    return out
+
+
+def test_every_state_change_is_made_in_lifecycle():
+    """Only distren.lifecycle opens the store's write transactions (``store.tx()``) and calls the
+    store's functions that run in one, which are every write of a frame's or a job's row."""
+    moves = store_moves()
+    assert {"set_frame", "set_job", "insert_job", "set_lease"} <= moves
+    # A name lifecycle's own API shares (extend_leases) is a call to lifecycle, not a move.
+    moves -= {n.name for n in ast.walk(ast.parse(modules()["distren.lifecycle"].read_text()))
+              if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
+    calls = sorted(f"{name}: {node.func.attr}" for name, path in modules().items()
+                   if name != "distren.lifecycle" and not name.startswith("distren.store")
+                   for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                   and (node.func.attr in moves or node.func.attr == "tx"))
+    assert calls == []
