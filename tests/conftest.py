@@ -66,6 +66,7 @@ class ServerProc:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.kill()  # not left running: no fixture will stop a server it never got
         raise RuntimeError(f"server {self.name} did not come up in {timeout} s")
 
     def kill(self) -> None:

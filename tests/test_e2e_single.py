@@ -96,7 +96,7 @@ def test_render_errors_carry_povrays_message(shared_server, tmp_path):
         assert expected in res.stderr.replace("\n", " ")
         # The job cannot be downloaded, and says why.
         dl = shared_server.cli("download", url, "-o", str(tmp_path / case), check=False)
-        assert dl.returncode == 1 and "failed, not done" in dl.stderr
+        assert dl.returncode == 1 and "is failed and has no finished frame to download" in dl.stderr
 
 
 def test_ini_naming_a_missing_file_is_refused_at_pack(shared_server, tmp_path):

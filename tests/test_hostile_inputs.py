@@ -327,15 +327,18 @@ ROUTES = ["/api/jobs/{}", "/api/jobs/{}/events", "/api/jobs/{}/cancel", "/api/jo
           "/fed/jobs/{}/lease", "/fed/jobs/{}/bundle", "/fed/jobs/{}/frames/{}", "/fed/jobs/{}/frames/{}/files",
           "/fed/jobs/{}/frames/{}/renew", "/fed/jobs/{}/frames/{}/log", "/fed/jobs/{}/frames/{}/failed",
           "/fed/jobs/{}/frames/{}/result", "/fed/hello", "/fed/announce", "/fed/state", "/api/users", "/api/peers",
-          "/api/jobs"]
+          "/api/jobs", "/api/jobs/{}/pause", "/api/jobs/{}/resume", "/api/jobs/{}/priority", "/api/jobs/{}/retry"]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(route=st.sampled_from(ROUTES), a=segment, b=segment,
        method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]),
-       query=st.one_of(st.none(), st.dictionaries(st.sampled_from(["after", "x", "job_id"]), segment, max_size=2)),
+       query=st.one_of(st.none(), st.dictionaries(st.sampled_from(["after", "x", "job_id", "priority"]), segment,
+                                                 max_size=2)),
        body=st.one_of(st.none(), st.binary(max_size=200), st.sampled_from([b"{}", b"[]", b'{"name": 1}', b"null",
-                                                                           b'{"address": "file:///etc"}'])),
+                                                                           b'{"address": "file:///etc"}',
+                                                                           b'{"priority": 1e400}', b'{"frames": [true]}',
+                                                                           b'{"frames": [-1, 99999999999999999999]}'])),
        auth=st.sampled_from(["good", "none", "junk", "lower"]),
        signed=st.dictionaries(st.sampled_from(["X-Distren-Server", "X-Distren-Time", "X-Distren-Nonce",
                                                "X-Distren-Signature", "X-Content-SHA256"]),

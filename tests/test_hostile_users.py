@@ -138,6 +138,10 @@ ROUTES = {
     "cancel": ("POST", "/api/jobs/{job}/cancel", "queued"),
     "delete": ("DELETE", "/api/jobs/{job}", "done"),
     "retry": ("POST", "/api/jobs/{job}/frames/1/retry", "failed"),
+    "requeue": ("POST", "/api/jobs/{job}/retry", "failed"),
+    "pause": ("POST", "/api/jobs/{job}/pause", "queued"),
+    "resume": ("POST", "/api/jobs/{job}/resume", "queued"),
+    "priority": ("POST", "/api/jobs/{job}/priority", "queued"),
 }
 
 
@@ -165,7 +169,8 @@ def test_another_user_gets_exactly_the_missing_job_answer_and_changes_nothing(si
 def test_the_cli_tells_another_user_the_job_does_not_exist(site, tmp_path):
     for cmd in (["status", site.done], ["events", site.done], ["log", f"{site.failed}/frame/1"],
                 ["download", site.done, "-o", str(tmp_path / "got")], ["retry", f"{site.failed}/frame/1"],
-                ["delete", site.done], ["cancel", site.done]):
+                ["delete", site.done], ["cancel", site.done], ["retry", site.failed], ["pause", site.done],
+                ["resume", site.done], ["priority", site.done, "5"]):
         before = snapshot(site.render, site.done)
         res = site.render.cli(*cmd, token=site.bob, check=False)
         assert res.returncode == 1 and f"no job {job_id(cmd[1].split('/frame/')[0])} on this server" in res.stderr, (cmd, res.stderr)

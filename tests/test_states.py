@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from distren import states
 from distren.errors import Conflict, DistrenError
-from distren.states import BLOCKED, CANCELLED, DONE, FAILED, QUEUED, RENDERING
+from distren.states import BLOCKED, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RENDERING
 
 
 def documented(section: str) -> dict[str, set[str]]:
@@ -45,7 +45,7 @@ JOB_PAIRS = list(itertools.product(states.JOB_STATES, repeat=2))
 
 def test_state_lists():
     assert set(states.FRAME_STATES) == {QUEUED, RENDERING, DONE, FAILED, BLOCKED}
-    assert set(states.JOB_STATES) == {QUEUED, RENDERING, DONE, FAILED, CANCELLED}
+    assert set(states.JOB_STATES) == {QUEUED, RENDERING, DONE, FAILED, CANCELLED, PAUSED}
     assert set(states.FINAL_JOB_STATES) == {DONE, FAILED, CANCELLED}
     assert set(states.FRAME_TRANSITIONS) == set(states.FRAME_STATES)
     assert set(states.JOB_TRANSITIONS) == set(states.JOB_STATES)
@@ -53,7 +53,8 @@ def test_state_lists():
 
 def test_the_docstring_draws_both_machines():
     assert documented("Frames:")[QUEUED] == {RENDERING, BLOCKED}
-    assert documented("Jobs:")[FAILED] == {QUEUED, RENDERING, CANCELLED}
+    assert documented("Jobs:")[FAILED] == {QUEUED, RENDERING, CANCELLED, PAUSED}
+    assert documented("Jobs:")[PAUSED] == {QUEUED, RENDERING, FAILED, DONE, CANCELLED}
     assert set(EXPECTED_FRAME) == set(states.FRAME_STATES) and set(EXPECTED_JOB) == set(states.JOB_STATES)
 
 
@@ -119,8 +120,8 @@ def test_unknown_states_are_conflicts_not_crashes(bad):
 def test_default_what():
     with pytest.raises(Conflict, match=r"^frame is done; it cannot become failed$"):
         states.check_frame(DONE, FAILED)
-    with pytest.raises(Conflict, match=r"^job is cancelled; it cannot become rendering$"):
-        states.check_job(CANCELLED, RENDERING)
+    with pytest.raises(Conflict, match=r"^job is done; it cannot become rendering$"):
+        states.check_job(DONE, RENDERING)
 
 
 def test_conflict_is_a_distren_error():

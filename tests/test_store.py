@@ -113,7 +113,7 @@ def consistency_problems(db: sqlite3.Connection) -> list[str]:
         if state == DONE:
             if set(counts) - {DONE}:
                 problems.append(f"job {job_id} is done but its frames are {counts}")
-        elif state != CANCELLED:
+        elif state not in (CANCELLED, states.PAUSED):  # the user's states, until the user ends them
             expected = states.job_state_for(counts)
             expected = RENDERING if expected == DONE else expected  # done waits for the rebundle
             if state != expected:
@@ -492,7 +492,7 @@ def test_cancel_prevents_claims(store, life):
     f = store.frame(a, 1)
     assert (f.state, f.server, f.files, f.reason) == (QUEUED, None, [], "job cancelled; the render was discarded")
     assert store.get_job(a).state == CANCELLED
-    with pytest.raises(Conflict, match="cancelled; submit it again"):
+    with pytest.raises(Conflict, match="cancelled; `distren retry` the job"):
         life.retry(a, 2, "ann")
     with pytest.raises(Conflict, match="already cancelled"):
         life.cancel(a, "ann")

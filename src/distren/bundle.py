@@ -259,5 +259,7 @@ def _unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], root: Path, li
                 if written > limits.total_bytes:
                     raise BundleError(f"{where}: unpacks to more than {limits.total_bytes} bytes; refused")
                 out.write(chunk)
+        if m.mtime > 0:  # a result's frames carry their render time; bundles carry none
+            os.utime(target, (m.mtime, m.mtime))
         names.append(name)
     return sorted(names)

@@ -19,15 +19,32 @@ from urllib.parse import quote
 import httpx
 
 from . import bundle, urls
-from .errors import NotFound, ServerUnreachable, from_status, message_of
+from .errors import DistrenError, NotFound, ServerUnreachable, from_status, message_of
 
 DEFAULT_SERVER = "http://127.0.0.1:8311"
 CHUNK = 1 << 20
 
 
+def server_address(value: str, what: str = "--server") -> str:
+    """A server's HTTP address from what a person types: ``http(s)://HOST:PORT``, or
+    ``HOST:PORT`` as ``serve --listen`` takes it (plain HTTP). ``what`` names it in errors."""
+    v = value.strip().rstrip("/")
+    scheme, sep, rest = v.partition("://")
+    if not sep:
+        host, colon, port = v.rpartition(":")
+        if colon and host and port.isdigit():
+            return f"http://{v}"
+        raise DistrenError(f"{what} {value!r}: give the server's address as http://HOST:PORT or HOST:PORT, "
+                           f"e.g. {DEFAULT_SERVER} or 127.0.0.1:8311 (`distren serve` prints it)")
+    if scheme.lower() not in ("http", "https") or not rest:
+        raise DistrenError(f"{what} {value!r}: the address starts with http:// or https://; give it as "
+                           f"http://HOST:PORT or HOST:PORT, e.g. {DEFAULT_SERVER}")
+    return v
+
+
 class Client:
     def __init__(self, server: str | None = None, token: str | None = None, timeout: float = 60.0):
-        self.base = (server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER).rstrip("/")
+        self.base = server_address(server or os.environ.get("DISTREN_SERVER") or DEFAULT_SERVER)
         self.token = token if token is not None else os.environ.get("DISTREN_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.base, headers=headers, timeout=timeout)
@@ -66,18 +83,26 @@ class Client:
             return int(job)
         url = urls.parse_job(str(job))
         if url.server != self.server_name():
+            where = self._peer_address(url.server)
             raise NotFound(
                 f"{url} lives on server {url.server!r}, but {self.base} is {self.server_name()!r}; "
-                "point --server at the job's own server"
+                + (f"ask it: --server {where}" if where else "point --server at the job's own server")
             )
         return url.job_id
+
+    def _peer_address(self, name: str) -> str | None:
+        """Where this server reaches the peer ``name``, if it knows it."""
+        try:
+            return next((p["address"] for p in self.servers() if p["name"] == name), None)
+        except DistrenError:
+            return None
 
     # --- calls ---------------------------------------------------------------------------
 
     def info(self) -> dict:
         return self._request("GET", "/api/server").json()
 
-    def submit(self, tarball: Path, retries: int = 4) -> str:
+    def submit(self, tarball: Path, retries: int = 4, priority: int = 0) -> str:
         """Upload a bundle, streaming. Retried on network errors with the same idempotency key,
         so a retry never makes a second job."""
         key = secrets.token_hex(16)
@@ -85,7 +110,7 @@ class Client:
         for attempt in range(retries + 1):
             try:
                 with open(tarball, "rb") as f:
-                    resp = self.http.post("/api/jobs", content=_chunks(f),
+                    resp = self.http.post("/api/jobs", content=_chunks(f), params={"priority": priority} if priority else None,
                                           headers={"Idempotency-Key": key, "Content-Type": "application/x-tar"})
             except httpx.TransportError as e:
                 if attempt == retries:
@@ -115,6 +140,20 @@ class Client:
     def retry(self, frame: str) -> dict:
         f = urls.parse_frame(frame)
         return self._request("POST", f"/api/jobs/{self.job_id(str(f.job))}/frames/{f.frame_id}/retry").json()
+
+    def requeue(self, job: str | int, frames: list[int] | None = None) -> dict:
+        """Requeue a failed or cancelled job: the given failed frames, or all of them."""
+        body = {"frames": frames} if frames is not None else {}
+        return self._request("POST", f"/api/jobs/{self.job_id(job)}/retry", json=body).json()
+
+    def pause(self, job: str | int) -> dict:
+        return self._request("POST", f"/api/jobs/{self.job_id(job)}/pause").json()
+
+    def resume(self, job: str | int) -> dict:
+        return self._request("POST", f"/api/jobs/{self.job_id(job)}/resume").json()
+
+    def set_priority(self, job: str | int, priority: int) -> dict:
+        return self._request("POST", f"/api/jobs/{self.job_id(job)}/priority", json={"priority": priority}).json()
 
     def log(self, frame: str) -> str:
         f = urls.parse_frame(frame)

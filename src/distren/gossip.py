@@ -127,7 +127,8 @@ class Gossip:
                "backends": backends.needed(jf),
                "key": self.identity.public, "bundle_sha256": self.jobfiles.bundle_sha256(job_id),
                "frames": len(self.store.frames(job_id)), "created": job.created, "active": active,
-               "expires": round(time.time() + self.announce_ttl, 3)}
+               "expires": round(time.time() + self.announce_ttl, 3),
+               "priority": job.priority}
         ann["signature"] = self.identity.sign(announcement_text(ann))
         return ann
 

@@ -18,9 +18,11 @@ complete is authenticated and counted as work; the upload routes bound their siz
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import ssl
+import socket
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,11 +167,27 @@ def check_tls(cert: Path | None, key: Path | None) -> None:
             raise DistrenError(f"--tls-cert {cert} / --tls-key {key}: cannot load them ({e})") from None
 
 
-def serve(app, host: str, port: int, lim: Limits, tls_cert: str | None = None, tls_key: str | None = None) -> None:
-    """Run ``app`` until interrupted; over HTTPS with ``tls_cert`` and ``tls_key`` (PEM files)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before anything else starts: a port in use is then one line
+    and nothing half-made (no data folder)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        why = "the port is in use (another distren serve?)" if e.errno == errno.EADDRINUSE else e.strerror
+        raise DistrenError(f"--listen {host}:{port}: cannot listen there: {why}; pick another with --listen") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app, sock: socket.socket, lim: Limits, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    """Run ``app`` on ``sock`` until interrupted; over HTTPS with ``tls_cert`` and ``tls_key`` (PEM files)."""
     log.info("at most %d connections (%d open files allowed); request headers due within %g s",
              lim.max_connections, lim.fds, lim.header_timeout)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, ws="none",
+    config = uvicorn.Config(app, log_level="warning", access_log=False, ws="none",
                             http=guarded_protocol(lim.header_timeout, lim.max_connections),
                             timeout_graceful_shutdown=SHUTDOWN_GRACE, ssl_certfile=tls_cert, ssl_keyfile=tls_key)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import backends, bundle, jobfile, states, urls
-from .errors import BundleError, JobFileError, NotFound
+from .errors import BundleError, Conflict, JobFileError, NotFound
 from .fsutil import atomic_open, sha256_file
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ class Jobs:
         self.wake = wake
         self._rebundle_lock = threading.Lock()
 
-    def submit(self, upload: Path, user: str, upload_key: str | None = None, admin: bool = False) -> int:
+    def submit(self, upload: Path, user: str, upload_key: str | None = None, admin: bool = False,
+               priority: int = 0) -> int:
         """Validate an uploaded bundle and make it a job. Nothing is kept if it is refused."""
         if upload_key:
             existing = self.store.job_for_upload_key(user, upload_key)
@@ -132,7 +134,8 @@ class Jobs:
                 str(submitter), jf.type, [f.id for f in jf.frames],
                 lambda jid: jf.absolute(self.url.job(jid), submitter).to_xml(),
                 staged, upload_key,
-                lambda jid: [(f.id, str(urls.resolve_frame(d, self.url.job(jid)))) for f in jf.frames for d in f.deps])
+                lambda jid: [(f.id, str(urls.resolve_frame(d, self.url.job(jid)))) for f in jf.frames for d in f.deps],
+                priority)
         finally:
             upload.unlink(missing_ok=True)
             shutil.rmtree(staged, ignore_errors=True)
@@ -166,6 +169,45 @@ class Jobs:
 
     def retry(self, job_id: int, frame_id: int, by: str) -> None:
         self.life.retry(job_id, frame_id, by)
+        self._mark_logs(job_id, [frame_id], by)
+        self.wake()
+
+    def _mark_logs(self, job_id: int, frame_ids: list[int], by: str) -> None:
+        """The log keeps every attempt; a frame's tries count those since the last retry: say
+        where that is."""
+        for frame_id in frame_ids:
+            path = self.store.frame_log(job_id, frame_id)
+            if path.exists():
+                with open(path, "a") as f:
+                    f.write(f"==== distren: retried by {by}; its tries count from here\n")
+
+    def requeue(self, job_id: int, frame_ids: list[int] | None, by: str) -> None:
+        was_cancelled, requeued = self.life.requeue(job_id, frame_ids, by)
+        self._mark_logs(job_id, requeued, by)
+        if was_cancelled:
+            self.announce(job_id)  # it was withdrawn when cancelled
+        if self._all_done(job_id):
+            self.rebundle(job_id)  # cancelled after its last frame finished
+        self.wake()
+
+    def _all_done(self, job_id: int) -> bool:
+        counts = self.store.frame_counts(job_id)
+        return sum(counts.values()) == counts.get(states.DONE, 0)
+
+    def pause(self, job_id: int, by: str) -> None:
+        self.life.pause(job_id, by)
+
+    def resume(self, job_id: int, by: str) -> None:
+        self.life.resume(job_id, by)
+        if self._all_done(job_id):
+            self.rebundle(job_id)
+        self.wake()
+
+    def set_priority(self, job_id: int, priority: int, by: str) -> None:
+        self.life.set_priority(job_id, priority, by)
+        if self.store.get_job(job_id).state not in (states.DONE, states.CANCELLED):
+            self.announce(job_id)  # peers order the origin's jobs by it
+        self.wake()
 
     def delete(self, job_id: int, by: str) -> None:
         if self.store.get_job(job_id).state == states.FAILED:  # done and cancelled are withdrawn already
@@ -182,34 +224,59 @@ class Jobs:
             job = self.store.get_job(job_id)
             if job.state in states.FINAL_JOB_STATES:
                 return
-            frames = self.store.frames(job_id)
-            jf = jobfile.loads(job.jobfile)
-            by_id = {f.frame_id: f for f in frames}
-            claimed: set[str] = {jobfile.FILENAME}  # a file name two frames produce: the first frame's
-            kept: dict[int, list[dict]] = {}
-            for f in frames:
-                kept[f.frame_id] = [x for x in f.files if x["name"] not in claimed]
-                claimed.update(x["name"] for x in f.files)
-            finished = jf.with_frames(
-                replace(f, server=by_id[f.id].server,
-                        files=tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in kept[f.id]))
-                for f in jf.frames)
             with atomic_open(self.store.result_path(job_id)) as raw:
-                with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
-                    info = tarfile.TarInfo(jobfile.FILENAME)
-                    data = finished.to_xml()
-                    info.size = len(data)
-                    out.addfile(info, io.BytesIO(data))
-                    for f in frames:
-                        names = {x["name"] for x in kept[f.frame_id]}
-                        with tarfile.open(self.store.frame_tar(job_id, f.frame_id)) as src:
-                            for m in src:
-                                # Frame tarballs from before names were normalised may say ./NAME.
-                                name = bundle.safe_name(m.name) if m.isfile() else ""
-                                if name in names:
-                                    m.name = name
-                                    out.addfile(m, src.extractfile(m))
+                self._write_result(job_id, raw)
             if not self.life.job_done(job_id):
                 return
         log.info("job %s done", self.url.job(job_id))
         self.announce(job_id, active=False)
+
+    def partial_result(self, job_id: int) -> Path:
+        """What a failed or cancelled job finished, as a result tarball (the caller removes it)."""
+        state = self.store.get_job(job_id).state
+        if state not in (states.FAILED, states.CANCELLED):
+            raise Conflict(f"{self.url.job(job_id)} is {state}: its frames can be downloaded once it is done "
+                           "(or failed or cancelled)")
+        if not self.store.frame_counts(job_id).get(states.DONE):
+            raise Conflict(f"{self.url.job(job_id)} is {state} and has no finished frame to download")
+        fd, name = tempfile.mkstemp(prefix="partial-", suffix=".tar", dir=self.store.staging_dir())
+        with os.fdopen(fd, "wb") as raw:
+            self._write_result(job_id, raw)
+        return Path(name)
+
+    def _write_result(self, job_id: int, raw) -> None:
+        """The result tarball: distrenjob.xml naming each frame's server and files, and the files
+        of every finished frame."""
+        frames = self.store.frames(job_id)
+        job = self.store.get_job(job_id)
+        jf = jobfile.loads(job.jobfile)
+        by_id = {f.frame_id: f for f in frames}
+        claimed: set[str] = {jobfile.FILENAME}  # a file name two frames produce: the first frame's
+        kept: dict[int, list[dict]] = {}
+        for f in frames:
+            files = f.files if f.state == states.DONE else []
+            kept[f.frame_id] = [x for x in files if x["name"] not in claimed]
+            claimed.update(x["name"] for x in files)
+        finished = jf.with_frames(
+            replace(f, server=by_id[f.id].server if by_id[f.id].state == states.DONE else None,
+                    files=tuple(jobfile.FileEntry(x["name"], x["size"], x["sha256"]) for x in kept[f.id]))
+            for f in jf.frames)
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
+            info = tarfile.TarInfo(jobfile.FILENAME)
+            data = finished.to_xml()
+            info.size = len(data)
+            info.mtime = int(job.updated)  # the same tarball for the same job: its hash is stable
+            out.addfile(info, io.BytesIO(data))
+            for f in frames:
+                names = {x["name"] for x in kept[f.frame_id]}
+                if not names:
+                    continue
+                with tarfile.open(self.store.frame_tar(job_id, f.frame_id)) as src:
+                    for m in src:
+                        # Frame tarballs from before names were normalised may say ./NAME.
+                        name = bundle.safe_name(m.name) if m.isfile() else ""
+                        if name in names:
+                            # Frame tarballs have no times (they are hashed); a downloaded frame
+                            # is as old as its render.
+                            m.name, m.mtime = name, int(f.finished or job.updated)
+                            out.addfile(m, src.extractfile(m))

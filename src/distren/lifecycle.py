@@ -27,7 +27,8 @@ from pathlib import Path
 from . import states
 from .bus import Bus, Change
 from .errors import Conflict, Replayed
-from .states import BLOCKED, CANCELLED, DONE, FAILED, QUEUED, RENDERING
+from .states import BLOCKED, CANCELLED, DONE, FAILED, PAUSED, QUEUED, RENDERING
+from .steering import Steering, check_priority
 from .store import FrameRow, Store
 
 
@@ -38,7 +39,7 @@ class _Tx:
     changes: list[Change] = field(default_factory=list)
 
 
-class Lifecycle:
+class Lifecycle(Steering):
     def __init__(self, store: Store, bus: Bus | None = None, clock: Callable[[], float] = time.time):
         self.store = store
         self.bus = bus or Bus()
@@ -78,13 +79,17 @@ class Lifecycle:
         t.changes.append(Change(job_id, None, old, new, reason))
 
     def _follow(self, t: _Tx, job_id: int, reason: str) -> None:
-        """Move a job to the state its frames imply (never out of cancelled; never to done:
-        done waits for the rebundled result, see :meth:`job_done`)."""
+        """Move a job to the state its frames imply (never out of cancelled or paused, which
+        only a user ends; never to done: done waits for the rebundled result, see
+        :meth:`job_done`)."""
         state = self.store.job_state(t.db, job_id)
-        if state in (CANCELLED, DONE):
+        if state in (CANCELLED, DONE, PAUSED):
             return
+        self._job_to(t, job_id, self._implied(t, job_id), reason, old=state)
+
+    def _implied(self, t: _Tx, job_id: int) -> str:
         new = states.job_state_for(self.store.frame_states_in(t.db, job_id))
-        self._job_to(t, job_id, RENDERING if new == DONE else new, reason, old=state)
+        return RENDERING if new == DONE else new
 
     def _dep_target_is(self, t: _Tx, dep: str, target_state: str, reason: str) -> None:
         """Record what became of ``dep`` and carry it through to the frames waiting for it:
@@ -116,12 +121,14 @@ class Lifecycle:
 
     def create_job(self, submitter: str, jtype: str, frame_ids: list[int],
                    make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None,
-                   make_deps: Callable[[int], list[tuple[int, str]]] = lambda job_id: []) -> int:
+                   make_deps: Callable[[int], list[tuple[int, str]]] = lambda job_id: [],
+                   priority: int = 0) -> int:
         """A new job, its frames queued (or blocked, if what they wait for here is stuck)."""
+        check_priority(priority)
         with self._tx() as t:
-            reason = f"submitted by {submitter}"
+            reason = f"submitted by {submitter}" + (f" at priority {priority}" if priority else "")
             job_id, new = self.store.insert_job(t.db, submitter, jtype, frame_ids, make_jobfile, staged,
-                                                upload_key, reason, t.now)
+                                                upload_key, reason, t.now, priority)
             if not new:
                 return job_id
             t.changes.append(Change(job_id, None, "", QUEUED, reason))
@@ -329,22 +336,6 @@ class Lifecycle:
             self._frame_to(t, job_id, frame_id, QUEUED, reason, expect=RENDERING, holder=server,
                            server=None, lease_expires=None)
             self._follow(t, job_id, f"frame {frame_id}: {reason}")
-
-    def retry(self, job_id: int, frame_id: int, by: str) -> None:
-        """A user's second chance for a failed frame: its attempts start again, and the job's
-        block-list is cleared (its renderers may have failed for the job's own fault)."""
-        with self._tx() as t:
-            if self.store.job_state(t.db, job_id) == CANCELLED:
-                raise Conflict(f"job {job_id} is cancelled; submit it again instead")
-            stuck = self.store.stuck_deps(t.db, job_id, frame_id)
-            if stuck:
-                raise Conflict(f"frame {frame_id} of job {job_id} is blocked by {', '.join(stuck)}; retry that instead")
-            self._frame_to(t, job_id, frame_id, QUEUED, f"retried by {by}", expect=FAILED, attempts=0, server=None)
-            if self.store.clear_blocklist(t.db, job_id):  # the failures may have been the job's own
-                state = self.store.job_state(t.db, job_id)
-                self.store.add_event(t.db, t.now, job_id, None, state, state, f"block-list cleared: retried by {by}")
-            self._dep_target_is(t, self.store.frame_url(job_id, frame_id), "waiting", f"retried by {by}")
-            self._follow(t, job_id, f"frame {frame_id} retried by {by}")
 
     def dependency(self, dep: str, target_state: str, reason: str) -> None:
         """What another server says of a frame that frames here wait for."""

@@ -95,8 +95,15 @@ def prepare(source: Path, width: int | None = None, height: int | None = None,
     if any(i < 0 for i in ids):
         raise SceneError(f"{source.name}: distren frame numbers must not be negative (Initial_Frame={ids[0]})")
 
-    w = width if width is not None else (opts.width or DEFAULT_WIDTH)
-    h = height if height is not None else (opts.height or DEFAULT_HEIGHT)
+    base_w, base_h = opts.width or DEFAULT_WIDTH, opts.height or DEFAULT_HEIGHT
+    w = width if width is not None else base_w
+    h = height if height is not None else base_h
+    # One side given: the other follows the scene's aspect ratio (never the INI's other side
+    # unchanged, which would stretch the image).
+    if width is not None and height is None:
+        h = max(1, round(width * base_h / base_w))
+    elif height is not None and width is None:
+        w = max(1, round(height * base_w / base_h))
     for label, v in (("width", w), ("height", h)):
         if not 1 <= v <= jobfile.MAX_SIDE:
             raise SceneError(f"--{label} {v}: must be between 1 and {jobfile.MAX_SIDE}")

@@ -102,15 +102,19 @@ class Renderer:
 
     # --- asking for a lease ----------------------------------------------------------------
 
+    def _by_priority(self) -> list[dict]:
+        """The announced jobs, highest priority first, the earliest heard of among equals."""
+        return sorted(self.store.announcements(), key=lambda a: -_priority(a))
+
     def origins_with_work(self) -> list[str]:
         seen: dict[str, None] = {}
-        for ann in self.store.announcements():
+        for ann in self._by_priority():
             if ann["origin"] != self.name and self._can_render(ann):
                 seen.setdefault(ann["origin"])
         return list(seen)
 
     def lease_from(self, origin: str, wait: float = 0.0) -> RemoteWork | None:
-        """A frame of ``origin``'s announced jobs, oldest job first, if it has one for us now.
+        """A frame of ``origin``'s announced jobs (by priority, then oldest), if it has one for us now.
 
         The question goes to the origin on an asker thread, never on the slot: the slot waits
         at most ``wait`` seconds for the answer, then goes on to other origins (an origin that is
@@ -188,7 +192,7 @@ class Renderer:
     def _lease_any(self, origin: str) -> RemoteWork | None:
         # Where the origin says it is now (its hello) beats where it was when it announced.
         known = self.known_address(origin)
-        for ann in self.store.announcements():
+        for ann in self._by_priority():
             if ann["origin"] != origin or self._jobs.waiting(ann["job"]) or not self._can_render(ann):
                 continue
             job = urls.parse_job(ann["job"])
@@ -391,3 +395,9 @@ class Renderer:
                 self.life.dependency(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
             else:
                 self.life.dependency(dep, "waiting", "")
+
+
+def _priority(ann: dict) -> int:
+    """An announcement's priority as the origin set it, within the range any origin may set."""
+    p = ann.get("priority", 0)
+    return max(-1000, min(1000, p)) if isinstance(p, int) and not isinstance(p, bool) else 0

@@ -17,6 +17,11 @@ Jobs:   queued -> rendering -> done        (jobs follow their frames, see job_st
         queued -> failed -> queued         (a frame ran out of attempts; a user retried it)
         rendering -> failed -> rendering
         queued -> cancelled, rendering -> cancelled, failed -> cancelled  (the user's call)
+        queued -> paused, rendering -> paused, failed -> paused  (the user's call: frames under way
+                                           finish, no new one starts, here or on a peer)
+        paused -> queued, paused -> rendering, paused -> failed  (resumed: the state its frames imply)
+        paused -> done, paused -> cancelled  (its last frames finished while paused; the user's call)
+        cancelled -> queued, cancelled -> rendering, cancelled -> failed  (requeued by the user)
 The tests read these arrows, so this picture and the tables below cannot drift apart.
 """
 
@@ -27,10 +32,10 @@ from collections.abc import Mapping
 from .errors import Conflict
 
 QUEUED, RENDERING, DONE, FAILED, CANCELLED = "queued", "rendering", "done", "failed", "cancelled"
-BLOCKED = "blocked"
+BLOCKED, PAUSED = "blocked", "paused"
 
 FRAME_STATES = (QUEUED, RENDERING, DONE, FAILED, BLOCKED)
-JOB_STATES = (QUEUED, RENDERING, DONE, FAILED, CANCELLED)
+JOB_STATES = (QUEUED, RENDERING, DONE, FAILED, CANCELLED, PAUSED)
 FINAL_JOB_STATES = (DONE, FAILED, CANCELLED)
 
 FRAME_TRANSITIONS: Mapping[str, frozenset[str]] = {
@@ -42,11 +47,12 @@ FRAME_TRANSITIONS: Mapping[str, frozenset[str]] = {
 }
 
 JOB_TRANSITIONS: Mapping[str, frozenset[str]] = {
-    QUEUED: frozenset({RENDERING, DONE, FAILED, CANCELLED}),
-    RENDERING: frozenset({QUEUED, DONE, FAILED, CANCELLED}),
-    FAILED: frozenset({QUEUED, RENDERING, CANCELLED}),
+    QUEUED: frozenset({RENDERING, DONE, FAILED, CANCELLED, PAUSED}),
+    RENDERING: frozenset({QUEUED, DONE, FAILED, CANCELLED, PAUSED}),
+    FAILED: frozenset({QUEUED, RENDERING, CANCELLED, PAUSED}),
+    PAUSED: frozenset({QUEUED, RENDERING, FAILED, DONE, CANCELLED}),
     DONE: frozenset(),
-    CANCELLED: frozenset(),
+    CANCELLED: frozenset({QUEUED, RENDERING, FAILED}),
 }
 
 

@@ -40,6 +40,7 @@ class Views:
             "url": str(job_url),
             "id": job_id,
             "state": job.state,
+            "priority": job.priority,
             "reason": job.reason,
             "submitter": job.submitter,
             "type": job.type,
@@ -71,7 +72,7 @@ class Views:
         for job in self.store.list_jobs(None if admin else str(self.url.user(user))):
             counts = self.store.frame_counts(job.id)
             out.append({"url": str(self.url.job(job.id)), "id": job.id, "state": job.state,
-                        "reason": job.reason, "submitter": job.submitter, "created": job.created,
+                        "priority": job.priority, "reason": job.reason, "submitter": job.submitter, "created": job.created,
                         "frames": sum(counts.values()), "done": counts.get(states.DONE, 0)})
         return out
 

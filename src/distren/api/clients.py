@@ -4,15 +4,20 @@ that checks who may see and touch it (README "Users and access")."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi import Query
 from fastapi.responses import FileResponse, PlainTextResponse
+from starlette.background import BackgroundTask
 
-from .. import __version__, bundle, urls
+from .. import __version__, bundle, states, urls
 from ..errors import DistrenError, Forbidden, Unauthorized
+from ..steering import MAX_PRIORITY, MIN_PRIORITY, check_priority
 from .common import After, Id, receive_file
+
+Priority = Annotated[int, Query(ge=MIN_PRIORITY, le=MAX_PRIORITY)]
 
 if TYPE_CHECKING:
     from ..service import Server
@@ -51,10 +56,11 @@ def router(server: Server) -> APIRouter:
                 "version": __version__}
 
     @api.post("/api/jobs", status_code=201)
-    async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None)):
+    async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None),
+                     priority: Priority = 0):
         path, _ = await receive_file(request, server.store.staging_dir(), "upload", bundle.MAX_TOTAL_BYTES,
                                      "the upload")
-        job_id = await run_in_threadpool(jobs.submit, path, u[0], idempotency_key, u[1])
+        job_id = await run_in_threadpool(jobs.submit, path, u[0], idempotency_key, u[1], priority)
         return {"url": str(server.url.job(job_id)), "id": job_id}
 
     @api.get("/api/jobs")
@@ -79,6 +85,33 @@ def router(server: Server) -> APIRouter:
         jobs.delete(job_id, u[0])
         return {"deleted": str(server.url.job(job_id))}
 
+    @api.post("/api/jobs/{job_id}/pause")
+    def pause(job_id: int = Depends(owned), u=Depends(user)):
+        jobs.pause(job_id, u[0])
+        return views.status(job_id)
+
+    @api.post("/api/jobs/{job_id}/resume")
+    def resume(job_id: int = Depends(owned), u=Depends(user)):
+        jobs.resume(job_id, u[0])
+        return views.status(job_id)
+
+    @api.post("/api/jobs/{job_id}/priority")
+    def priority(body: dict, job_id: int = Depends(owned), u=Depends(user)):
+        value = body.get("priority") if isinstance(body, dict) else None
+        check_priority(value)
+        jobs.set_priority(job_id, value, u[0])
+        return views.status(job_id)
+
+    @api.post("/api/jobs/{job_id}/retry")
+    def requeue(body: dict | None = None, job_id: int = Depends(owned), u=Depends(user)):
+        frames = body.get("frames") if isinstance(body, dict) else None
+        if frames is not None and (not isinstance(frames, list) or not frames or len(frames) > urls.MAX_ID
+                                   or not all(isinstance(f, int) and not isinstance(f, bool) and 0 <= f <= urls.MAX_ID
+                                              for f in frames)):
+            raise DistrenError('frames: a list of frame ids, e.g. {"frames": [3, 4]}; leave it out for every failed frame')
+        jobs.requeue(job_id, frames, u[0])
+        return views.status(job_id)
+
     @api.post("/api/jobs/{job_id}/frames/{frame_id}/retry")
     def retry(frame_id: Id, job_id: int = Depends(owned), u=Depends(user)):
         jobs.retry(job_id, frame_id, u[0])
@@ -90,8 +123,12 @@ def router(server: Server) -> APIRouter:
 
     @api.get("/api/jobs/{job_id}/result")
     def result(job_id: int = Depends(owned)):
-        return FileResponse(views.result(job_id), media_type="application/x-tar",
-                            filename=f"{server.url.name}-job-{job_id}.tar")
+        name = f"{server.url.name}-job-{job_id}.tar"
+        if server.store.get_job(job_id).state in (states.FAILED, states.CANCELLED):
+            partial = jobs.partial_result(job_id)  # made for this request, removed once sent
+            return FileResponse(partial, media_type="application/x-tar", filename=name,
+                                headers={"X-Distren-Partial": "1"}, background=BackgroundTask(partial.unlink))
+        return FileResponse(views.result(job_id), media_type="application/x-tar", filename=name)
 
     @api.get("/api/servers")
     def servers(u=Depends(user)):

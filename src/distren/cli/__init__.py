@@ -1,5 +1,6 @@
 """The ``distren`` command line: one Typer app, its commands grouped by audience in
-:mod:`.serving` (serve, demo), :mod:`.jobs` and :mod:`.farm` (servers, peers, users)."""
+:mod:`.serving` (serve, demo), :mod:`.jobs` and :mod:`.farm` (servers, peers, users);
+:mod:`.steering` changes a job under way (priority, pause, resume, retry)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 
 from ..errors import DistrenError, Forbidden, Unauthorized
 # Importing them registers their commands, in this order (the order of `distren --help`).
-from . import serving, jobs, farm  # noqa: F401,I001
+from . import serving, jobs, steering, farm  # noqa: F401,I001
 from .common import app, err
 
 # The server's answers describe the problem; what to do about it from a shell is the CLI's to say.

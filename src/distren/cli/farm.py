@@ -8,12 +8,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ServerOpt, TokenOpt, _ask, _client, app, err, out, peers_app, user_app
+from .common import JsonOpt, ServerOpt, TokenOpt, _ask, _client, app, err, out, peers_app, user_app
 
 
 @app.command()
 def servers(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
-            as_json: bool = typer.Option(False, "--json")):
+            as_json: bool = JsonOpt):
     """List this server and its peers: slots, what they render now, when last heard from, and
     whether this server trusts their results."""
     import time
@@ -30,11 +30,13 @@ def servers(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
 
 
 @peers_app.command("add")
-def peers_add(address: str = typer.Argument(..., help="The other server's HTTP address."),
+def peers_add(address: str = typer.Argument(..., help="The other server's address: http://HOST:PORT or HOST:PORT."),
               server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
     """Peer with another server now (admin only): both learn and pin each other's key."""
+    from ..client import server_address
+
     with _client(server, token) as c:
-        res = c.add_peer(address)
+        res = c.add_peer(server_address(address, "peers add"))
     err.print(f"peered with {res['peer']} at {res['address']}")
     if res.get("there") == "pending":
         err.print(f"{res['peer']} has this server awaiting approval: until its admin runs "
@@ -107,7 +109,7 @@ def user_add(name: str = typer.Argument(...),
 
 @user_app.command("list")
 def user_list(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
-              as_json: bool = typer.Option(False, "--json")):
+              as_json: bool = JsonOpt):
     """List the server's users (admin only): admin or not, revoked or not, how many jobs."""
     rows = _ask(server, token, lambda c: c.users(), as_json)
     if rows is None:

@@ -1,27 +1,28 @@
-"""The commands for jobs: pack, submit, wait, status, events, jobs, download, cancel, delete, retry, log."""
+"""The commands for jobs: pack, submit, wait, status, events, jobs, download, cancel, delete, log."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..errors import DistrenError
-from .common import (EXIT_FAILED, EXIT_TIMEOUT, ChainOpt, MovieOpt, ServerOpt, TilesOpt, TokenOpt, _ask,
-                     _client, app, err, out)
+from .common import (EXIT_FAILED, EXIT_TIMEOUT, ChainOpt, FramesOpt, HeightOpt, JsonOpt, MovieOpt, ServerOpt,
+                     TilesOpt, TokenOpt, WidthOpt, _ask, _client, app, err, out)
 
 
 @app.command()
 def pack(
     source: Path = typer.Argument(..., help="A scene: an .ini, a .pov, or a folder holding one."),
     output: Path = typer.Option(..., "-o", "--output", help="The bundle (.tar) to write."),
-    width: Optional[int] = typer.Option(None, "--width"),
-    height: Optional[int] = typer.Option(None, "--height"),
-    frames: Optional[str] = typer.Option(None, "--frames", help="Keep frames A-B of the INI's animation."),
+    width: Optional[int] = WidthOpt,
+    height: Optional[int] = HeightOpt,
+    frames: Optional[str] = FramesOpt,
     tiles: Optional[str] = TilesOpt,
     movie: bool = MovieOpt,
     chain: bool = ChainOpt,
@@ -36,13 +37,15 @@ def pack(
 @app.command()
 def submit(
     source: Path = typer.Argument(..., help="A bundle (.tar) or a scene (.ini, .pov, folder)."),
-    width: Optional[int] = typer.Option(None, "--width"),
-    height: Optional[int] = typer.Option(None, "--height"),
-    frames: Optional[str] = typer.Option(None, "--frames"),
+    width: Optional[int] = WidthOpt,
+    height: Optional[int] = HeightOpt,
+    frames: Optional[str] = FramesOpt,
     tiles: Optional[str] = TilesOpt,
     movie: bool = MovieOpt,
     chain: bool = ChainOpt,
     wait_: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
+    priority: int = typer.Option(0, "--priority", metavar="N",
+                                 help="-1000 to 1000; higher renders first (see `distren priority`)."),
     server: Optional[str] = ServerOpt,
     token: Optional[str] = TokenOpt,
 ):
@@ -58,7 +61,7 @@ def submit(
         else:
             tarball = Path(tmp) / "job.tar"
             do_pack(source, tarball, width, height, frames, tiles, movie, chain)
-        url = c.submit(tarball)
+        url = c.submit(tarball, priority=priority)
     print(url, flush=True)
     if wait_:
         _wait(url, None, server, token)
@@ -73,6 +76,11 @@ def _wait(url: str, timeout: float | None, server: str | None, token: str | None
         except TimeoutError as e:
             err.print(f"[yellow]timeout:[/] {e}")
             raise typer.Exit(EXIT_TIMEOUT) from None
+        except KeyboardInterrupt:
+            err.print(f"stopped watching; {url} keeps running on the server. Follow it with "
+                      f"`distren wait {url}` or `distren status {url}`; stop it with `distren cancel {url}`.",
+                      highlight=False)
+            raise typer.Exit(130) from None
     if not report(st):
         raise typer.Exit(EXIT_FAILED)
 
@@ -91,7 +99,7 @@ def wait(
 @app.command()
 def status(
     job: str = typer.Argument(..., help="distren://NAME/job/ID"),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    as_json: bool = JsonOpt,
     server: Optional[str] = ServerOpt,
     token: Optional[str] = TokenOpt,
 ):
@@ -100,12 +108,13 @@ def status(
     if st is None:
         return
     counts = ", ".join(f"{n} {s}" for s, n in st["counts"].items() if n)
-    out.print(f"[bold]{st['url']}[/]  {st['state']}  ({counts})  {st['width']}x{st['height']}  by {st['submitter']}")
+    prio = f"  priority {st['priority']}" if st.get("priority") else ""
+    out.print(f"[bold]{st['url']}[/]  {st['state']}  ({counts})  {st['width']}x{st['height']}{prio}  by {st['submitter']}")
     if st["reason"]:
         out.print(f"  {st['reason']}")
     for b in st["blocklist"]:
         out.print(f"  block-listed: {b['server']}: {b['reason']}")
-    table = Table("frame", "state", "server", "tries", "files / reason")
+    table = Table("frame", "state", "server", "tries", Column("files / reason", overflow="fold"))
     for f in st["frames"]:
         detail = " ".join(f["files"]) if f["state"] == "done" else f["reason"]
         table.add_row(str(f["id"]), f["state"], f["server"] or "", str(f["attempts"]), detail)
@@ -115,7 +124,7 @@ def status(
 @app.command()
 def events(
     job: str = typer.Argument(..., help="distren://NAME/job/ID"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = JsonOpt,
     server: Optional[str] = ServerOpt,
     token: Optional[str] = TokenOpt,
 ):
@@ -125,7 +134,7 @@ def events(
     rows = _ask(server, token, lambda c: c.events(job), as_json)
     if rows is None:
         return
-    table = Table("time", "frame", "change", "reason")
+    table = Table("time", "frame", "change", Column("reason", overflow="fold"))  # wrapped, never cut off
     for e in rows:
         at = datetime.datetime.fromtimestamp(e["at"]).strftime("%H:%M:%S.%f")[:-3]
         frame = "job" if e["frame_id"] is None else str(e["frame_id"])
@@ -134,13 +143,26 @@ def events(
 
 
 @app.command()
-def jobs(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
-    """List the server's jobs."""
+def jobs(state: list[str] = typer.Option([], "--state", metavar="STATE",
+                                        help="Only jobs in this state (repeatable): queued, rendering, paused, "
+                                             "failed, done or cancelled."),
+         user: Optional[str] = typer.Option(None, "--user", metavar="USER", help="Only jobs this user submitted."),
+         as_json: bool = JsonOpt, server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
+    """List the server's jobs (yours; an admin's: everyone's)."""
+    from .. import states as st
+
+    for s in state:
+        if s not in st.JOB_STATES:
+            raise DistrenError(f"--state {s!r}: one of {', '.join(st.JOB_STATES)}")
     with _client(server, token) as c:
-        rows = c.jobs()
-    table = Table("job", "state", "frames", "submitter")
+        rows = [j for j in c.jobs() if (not state or j["state"] in state)
+                and (user is None or user in (j["submitter"], j["submitter"].rsplit("/", 1)[-1]))]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("job", "state", "frames", "priority", "submitter")
     for j in rows:
-        table.add_row(j["url"], j["state"], f"{j['done']}/{j['frames']}", j["submitter"])
+        table.add_row(j["url"], j["state"], f"{j['done']}/{j['frames']}", str(j.get("priority", 0)), j["submitter"])
     out.print(table)
 
 
@@ -151,9 +173,13 @@ def download(
     server: Optional[str] = ServerOpt,
     token: Optional[str] = TokenOpt,
 ):
-    """Download a finished job's frames."""
+    """Download a finished job's frames; of a failed or cancelled job, the frames it finished."""
     with _client(server, token) as c:
+        st = c.status(job)
         names = c.download(job, output)
+    if st["state"] in ("failed", "cancelled"):
+        err.print(f"{st['url']} is {st['state']}: {st['counts'].get('done', 0)} of {len(st['frames'])} frame(s) "
+                  f"finished", highlight=False)
     err.print(f"{len(names)} file(s) in {output}")
 
 
@@ -174,19 +200,17 @@ def delete(job: str = typer.Argument(...), server: Optional[str] = ServerOpt, to
 
 
 @app.command()
-def retry(frame: str = typer.Argument(..., help="distren://NAME/job/ID/frame/FID"),
-          server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
-    """Queue a failed frame again."""
-    with _client(server, token) as c:
-        st = c.retry(frame)
-    err.print(f"{frame} queued; {st['url']} is {st['state']}")
-
-
-@app.command()
 def log(frame: str = typer.Argument(..., help="distren://NAME/job/ID/frame/FID"),
         server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt):
     """Print a frame's renderer log (every attempt)."""
+    from .. import urls
+
     with _client(server, token) as c:
-        sys.stdout.write(c.log(frame))
-
-
+        text = c.log(frame)
+        if not text:
+            f = urls.parse_frame(frame)
+            row = next(x for x in c.status(str(f.job))["frames"] if x["id"] == f.frame_id)
+    if not text:
+        err.print(f"{frame} has no log yet: no render of it has ended (it is {row['state']})", highlight=False)
+        return
+    sys.stdout.write(text)

@@ -14,10 +14,10 @@ from .common import app, err
 
 @app.command()
 def serve(
-    name: str = typer.Option(..., "--name", help="This server's permanent name: distren://NAME/."),
-    listen: str = typer.Option("127.0.0.1:8311", "--listen", help="HOST:PORT to listen on."),
-    data: Path = typer.Option(Path("distren-data"), "--data", help="Folder for state, bundles and frames."),
-    slots: Optional[int] = typer.Option(None, "--slots", min=0, help="Frames rendered at once (0: render nothing; "
+    name: str = typer.Option(..., "--name", metavar="NAME", help="This server's permanent name: distren://NAME/."),
+    listen: str = typer.Option("127.0.0.1:8311", "--listen", metavar="HOST:PORT", help="HOST:PORT to listen on."),
+    data: Path = typer.Option(Path("distren-data"), "--data", metavar="DIR", help="Folder for state, bundles and frames."),
+    slots: Optional[int] = typer.Option(None, "--slots", min=0, metavar="N", help="Frames rendered at once (0: render nothing; "
                                        "default: as many as keep the cores busy while memory allows, up to 8 per core)."),
     frame_timeout: float = typer.Option(3600.0, "--frame-timeout", min=0.1, help="Seconds before a frame's render is stopped."),
     max_memory: str = typer.Option("4G", "--max-memory", help="Memory (address space) of each process of a render."),
@@ -61,6 +61,8 @@ def serve(
                                        "--verify-first 0, none)."),
     plugin: list[str] = typer.Option([], "--plugin", help="A Python module to import that registers more render "
                                      "backends (repeatable; see docs/architecture.md)."),
+    log_level: str = typer.Option("info", "--log-level", metavar="LEVEL",
+                                  help="What the server logs: debug, info, warning or error."),
 ):
     """Run a distren server."""
     from .. import backends, httpserver
@@ -79,11 +81,18 @@ def serve(
         if host in ("0.0.0.0", "::"):
             raise DistrenError(f"--listen {listen} listens on every address; say which one peers use with --advertise")
         advertise = f"{'https' if tls_cert else 'http'}://{listen}"
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = logging.getLevelName(log_level.upper())
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR") or not isinstance(level, int):
+        raise DistrenError(f"--log-level {log_level!r}: use debug, info, warning or error")
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # httpx logs every request it sends at INFO: a line per lease renewal and announcement.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
     http_limits = httpserver.limits(header_timeout, max_connections)
     httpserver.check_tls(tls_cert, tls_key)
     for module in plugin:
         backends.load_plugin(module)
+    sock = httpserver.bind(host, int(port))
     server = Server(Settings(name=name, data=data, slots=DEFAULT_SLOTS if slots is None else slots, adaptive=slots is None,
                              limits=limits, advertise=advertise, peers=peer,
                              lease_timeout=lease_timeout, blocklist_threshold=blocklist_threshold,
@@ -97,7 +106,7 @@ def serve(
               f"rendering {can}; "
               f"admin token in {data / 'admin.token'}")
     try:
-        httpserver.serve(create_app(server), host, int(port), http_limits,
+        httpserver.serve(create_app(server), sock, http_limits,
                          str(tls_cert) if tls_cert else None, str(tls_key) if tls_key else None)
     finally:
         server.stop()
@@ -105,8 +114,10 @@ def serve(
 
 
 @app.command()
-def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output")):
-    """Start a local server, render the bundled animation, download it and make a preview."""
+def demo(output: Path = typer.Option(Path("distren-demo"), "-o", "--output", metavar="DIR",
+                                    help="Where the frames and the preview go.")):
+    """Start three servers on this machine that render the bundled animation together, download
+    it and make a preview."""
     from ..demo import run
 
     run(output)

@@ -45,26 +45,37 @@ class Frames:
 
     def next_queued(self, db, job_id: int | None, skip: Collection[int] = (),
                     types: Collection[str] | None = None) -> tuple[int, int, str] | None:
-        """The oldest queued frame of a live job (of ``job_id`` if given, but none of its frames
-        in ``skip``; otherwise jobs first in, first served, of the ``types`` given) whose
-        dependencies are done: (job, frame, the job's state)."""
-        only, args = "", [states.QUEUED, states.QUEUED, states.RENDERING]
+        """The first queued frame whose dependencies are done, of the live job (``job_id`` if
+        given, none of its frames in ``skip``; otherwise one of the ``types`` given) with the
+        highest priority, the oldest among equals: (job, frame, the job's state)."""
+        only, args = "", []
         if job_id is not None:
             only += " AND j.id=?"
             args.append(job_id)
-            if skip:  # one parameter however many: a job may have 100,000 frames
-                only += " AND f.frame_id NOT IN (SELECT value FROM json_each(?))"
-                args.append(json.dumps(list(skip)))
         if types is not None:
             only += f" AND j.type IN ({','.join('?' * len(types))})"
             args += list(types)
-        row = db.execute(
-            "SELECT f.job_id, f.frame_id, j.state FROM frames f JOIN jobs j ON j.id=f.job_id"
-            f" WHERE f.state=? AND j.state IN (?,?) {only}"
-            " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
-            " AND d.target_state!='done') ORDER BY f.job_id, f.frame_id LIMIT 1",
-            args).fetchone()
-        return tuple(row) if row else None
+        # Job by job (few are live at once) rather than one query sorting every queued frame by
+        # its job's priority: each probe below is an index lookup, however many frames wait.
+        live = db.execute(
+            f"SELECT j.id, j.state FROM jobs j WHERE j.state IN (?,?) {only} AND EXISTS"
+            " (SELECT 1 FROM frames f WHERE f.job_id=j.id AND f.state=?) ORDER BY j.priority DESC, j.id",
+            [states.QUEUED, states.RENDERING, *args, states.QUEUED]).fetchall()
+        not_in = ""
+        if job_id is not None and skip:  # one parameter however many: a job may have 100,000 frames
+            not_in = " AND f.frame_id NOT IN (SELECT value FROM json_each(?))"
+        for jid, jstate in live:
+            row = db.execute(
+                f"SELECT f.frame_id FROM frames f WHERE f.job_id=? AND f.state=?{not_in}"
+                " AND NOT EXISTS (SELECT 1 FROM deps d WHERE d.job_id=f.job_id AND d.frame_id=f.frame_id"
+                " AND d.target_state!='done') ORDER BY f.frame_id LIMIT 1",
+                [jid, states.QUEUED] + ([json.dumps(list(skip))] if not_in else [])).fetchone()
+            if row:
+                return jid, row[0], jstate
+        return None
+
+    def frames_in(self, db, job_id: int) -> list[FrameRow]:
+        return [_frame(r) for r in db.execute("SELECT * FROM frames WHERE job_id=? ORDER BY frame_id", (job_id,))]
 
     def frame_counts_in(self, db, job_id: int) -> dict[str, int]:
         return {r[0]: r[1] for r in db.execute(

@@ -24,6 +24,7 @@ class JobRow:
     jobfile: bytes
     created: float
     updated: float
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Jobs:
 
     def insert_job(self, db, submitter: str, jtype: str, frame_ids: list[int],
                    make_jobfile: Callable[[int], bytes], staged: Path, upload_key: str | None,
-                   reason: str, now: float) -> tuple[int, bool]:
+                   reason: str, now: float, priority: int = 0) -> tuple[int, bool]:
         """Insert a job, its frames and its first event, and move its staged folder to
         ``jobs/ID``. Returns (id, True), or (id, False) for an upload key seen before.
 
@@ -55,9 +56,9 @@ class Jobs:
             if existing is not None:
                 return existing, False
         cur = db.execute(
-            "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated)"
-            " VALUES(?,?,?,?,?,?,?,?)",
-            (submitter, jtype, states.QUEUED, "submitted", b"", upload_key, now, now))
+            "INSERT INTO jobs(submitter, type, state, reason, jobfile, upload_key, created, updated, priority)"
+            " VALUES(?,?,?,?,?,?,?,?,?)",
+            (submitter, jtype, states.QUEUED, "submitted", b"", upload_key, now, now, priority))
         job_id = cur.lastrowid
         db.execute("UPDATE jobs SET jobfile=? WHERE id=?", (make_jobfile(job_id), job_id))
         db.executemany("INSERT INTO frames(job_id, frame_id, state, reason) VALUES(?,?,?,?)",
@@ -84,6 +85,18 @@ class Jobs:
         reason = reason_text(reason)
         db.execute("UPDATE jobs SET state=?, reason=?, updated=? WHERE id=?", (new, reason, now, job_id))
         _event(db, now, job_id, None, old, new, reason)
+
+    def set_priority(self, db, job_id: int, priority: int) -> int:
+        """Set a job's priority; returns the one it had."""
+        old = db.execute("SELECT priority FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        db.execute("UPDATE jobs SET priority=? WHERE id=?", (priority, job_id))
+        return old
+
+    def record_job_event(self, db, job_id: int, state: str, reason: str, now: float) -> None:
+        """A change to a job that keeps its state (its priority): an event from and to ``state``."""
+        reason = reason_text(reason)
+        db.execute("UPDATE jobs SET updated=? WHERE id=?", (now, job_id))
+        _event(db, now, job_id, None, state, state, reason)
 
     def job_for_upload_key(self, submitter: str, key: str) -> int | None:
         with self._lock:
@@ -119,9 +132,9 @@ class Jobs:
     def jobs_awaiting_rebundle(self) -> list[int]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT j.id FROM jobs j WHERE j.state IN (?,?) AND NOT EXISTS"
+                "SELECT j.id FROM jobs j WHERE j.state IN (?,?,?) AND NOT EXISTS"
                 " (SELECT 1 FROM frames f WHERE f.job_id=j.id AND f.state!=?)",
-                (states.QUEUED, states.RENDERING, states.DONE)).fetchall()
+                (states.QUEUED, states.RENDERING, states.PAUSED, states.DONE)).fetchall()
         return [r[0] for r in rows]
 
 
@@ -158,4 +171,4 @@ def _event(db, now: float, job_id: int, frame_id: int | None, old: str, new: str
 
 def _job(row: sqlite3.Row) -> JobRow:
     return JobRow(row["id"], row["submitter"], row["type"], row["state"], row["reason"],
-                  bytes(row["jobfile"]), row["created"], row["updated"])
+                  bytes(row["jobfile"]), row["created"], row["updated"], row["priority"])

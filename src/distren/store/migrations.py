@@ -140,4 +140,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE peers ADD COLUMN status TEXT NOT NULL DEFAULT 'accepted';
     CREATE INDEX peers_by_status ON peers(status, added);
     """,
+    # 9: steering. A job's priority orders the queue (higher first); a paused job is a state.
+    """
+    ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_by_priority ON jobs(state, priority, id);
+    """,
 ]
