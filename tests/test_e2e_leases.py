@@ -230,7 +230,7 @@ def test_a_dependencys_files_go_to_the_renderer_its_dependents_origin_vouches_fo
     which holds no lease on b's job by then: b gives c the frame's files because a, asked, says
     that c renders the frame that depends on it. Mallory, claiming the same, is refused."""
     a = start_server("a", "--slots", "0", "--allow", "b", "--allow", "c")
-    b = start_server("b", "--slots", "0", "--peer", a.http, "--allow", "c")
+    b = start_server("b", "--slots", "0", "--peer", a.http, "--allow", "c", "--log-level", "debug")  # its requests logged
     wait_for(lambda: "b" in a.cli("servers").stdout, "a and b to peer")
     start_server("c", "--slots", "1", "--peer", a.http, "--peer", b.http)
     upstream = last_line(b.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24",

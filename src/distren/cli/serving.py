@@ -85,9 +85,10 @@ def serve(
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR") or not isinstance(level, int):
         raise DistrenError(f"--log-level {log_level!r}: use debug, info, warning or error")
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # httpx logs every request it sends at INFO: a line per lease renewal and announcement.
-    for chatty in ("httpx", "httpcore"):
-        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    # httpx logs every request it sends at INFO: a line per lease renewal and announcement, so
+    # only --log-level debug shows them (httpcore's connection chatter never).
+    logging.getLogger("httpx").setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+    logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
     http_limits = httpserver.limits(header_timeout, max_connections)
     httpserver.check_tls(tls_cert, tls_key)
     for module in plugin:
