@@ -26,7 +26,7 @@ def distren(*args: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
 def farm(tmp_path_factory):
     """a renders; b peers with a and renders nothing; idle is alone and renders nothing."""
     base = tmp_path_factory.mktemp("farm")
-    a = ServerProc("a", base / "a", free_port(), ["--slots", "1"]).start()
+    a = ServerProc("a", base / "a", free_port(), ["--slots", "1", "--allow", "b"]).start()
     b = ServerProc("b", base / "b", free_port(), ["--slots", "0", "--peer", a.http]).start()
     idle = ServerProc("idle", base / "idle", free_port(), ["--slots", "0"]).start()
     yield a, b, idle

@@ -117,7 +117,7 @@ def test_retry_names_frames_and_refuses_what_it_cannot_requeue(start_server, tmp
 
 
 def test_a_peer_leases_the_origins_jobs_by_priority(start_server, tmp_path):
-    a = start_server("a", "--slots", "0")
+    a = start_server("a", "--slots", "0", "--allow", "b")
     scene = _scene(tmp_path / "ball", 4)
     older = last_line(a.cli("submit", str(scene), "--width", "32", "--height", "24"))
     urgent = last_line(a.cli("submit", str(scene), "--width", "32", "--height", "24", "--priority", "5"))

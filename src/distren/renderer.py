@@ -103,8 +103,12 @@ class Renderer:
     # --- asking for a lease ----------------------------------------------------------------
 
     def _by_priority(self) -> list[dict]:
-        """The announced jobs, highest priority first, the earliest heard of among equals."""
-        return sorted(self.store.announcements(), key=lambda a: -_priority(a))
+        """The announced jobs, highest priority first (clamped to what an origin may set), the
+        earliest heard of among equals."""
+        def priority(a):
+            p = a.get("priority", 0)
+            return max(-1000, min(1000, p)) if isinstance(p, int) and not isinstance(p, bool) else 0
+        return sorted(self.store.announcements(), key=lambda a: -priority(a))
 
     def origins_with_work(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -395,9 +399,3 @@ class Renderer:
                 self.life.dependency(dep, "stuck", f"{dep} {state}: {st.get('reason', '')}")
             else:
                 self.life.dependency(dep, "waiting", "")
-
-
-def _priority(ann: dict) -> int:
-    """An announcement's priority as the origin set it, within the range any origin may set."""
-    p = ann.get("priority", 0)
-    return max(-1000, min(1000, p)) if isinstance(p, int) and not isinstance(p, bool) else 0
