@@ -45,7 +45,7 @@ def peers_add(address: str = typer.Argument(..., help="The other server's addres
 
 @peers_app.command("pending")
 def peers_pending(server: Optional[str] = ServerOpt, token: Optional[str] = TokenOpt,
-                  as_json: bool = typer.Option(False, "--json")):
+                  as_json: bool = JsonOpt):
     """List the servers that asked to peer and await an admin's decision (admin only)."""
     import time
 
