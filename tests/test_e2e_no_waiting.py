@@ -73,8 +73,6 @@ def test_origins_at_tarpit_addresses_do_not_stall_a_job(start_server, tmp_path):
         finally:
             stop.set()
             t.join()
-        print(f"b's own 10-frame job: {normal:.1f} s alone, {stalled:.1f} s while 15 tarpit origins are announced")
-        assert stalled < 2 * normal, (normal, stalled)
         assert set(answers) <= {403, 503} and 403 in answers, answers  # refused, or busy confirming others
         assert sum(p.accepted for p in pits) > 0  # b did go and ask
         taken = [a["job"] for a in m.state(b).json()["announcements"] if a["origin"].startswith("pit")]
@@ -83,6 +81,12 @@ def test_origins_at_tarpit_addresses_do_not_stall_a_job(start_server, tmp_path):
         m.close()
         for p in pits:
             p.close()
+    if stalled >= 2 * normal:
+        # The 2 cores are shared with other suites: a slow run may be a busier machine, not the
+        # pits. With the pits gone, the job alone again says which (a stall costs 3 s per pit).
+        normal = max(normal, own_job_seconds(b))
+    print(f"b's own 10-frame job: {normal:.1f} s alone, {stalled:.1f} s while 15 tarpit origins are announced")
+    assert stalled < 2 * normal, (normal, stalled)
 
 
 def live_jobs(m: Mallory, server) -> dict[str, dict]:
