@@ -205,6 +205,28 @@ def test_forms_act_by_the_apis_rules_and_only_with_the_sessions_csrf_token(solo,
     assert server.store.frame(theirs, 1).state == "queued"
 
 
+def test_steering_forms_pause_resume_prioritise_and_requeue(solo, bundle):
+    server, http = solo
+    job = submit(http, token_of(server), bundle)
+    sign_in(http, token_of(server))
+    csrf = csrf_of(http.get(f"/jobs/{job}").text)
+    html_ = {"Accept": "text/html"}
+    assert http.post(f"/jobs/{job}/pause", data={"csrf": csrf}).status_code == 200  # followed back to the page
+    assert server.store.get_job(job).state == "paused" and "Resume" in http.get(f"/jobs/{job}").text
+    assert http.post(f"/jobs/{job}/resume", data={"csrf": csrf}, headers=html_).status_code == 200
+    assert server.store.get_job(job).state == "queued"
+    for bad in ("high", "1001", "", "1e3", "-99999999"):
+        r = http.post(f"/jobs/{job}/priority", data={"csrf": csrf, "priority": bad}, headers=html_)
+        assert r.status_code == 400 and "priority:" in r.text, bad
+    http.post(f"/jobs/{job}/priority", data={"csrf": csrf, "priority": "-3"})
+    assert server.store.get_job(job).priority == -3
+    http.post(f"/jobs/{job}/cancel", data={"csrf": csrf})
+    assert server.store.get_job(job).state == "cancelled"
+    assert "Render the unfinished frames again" in http.get(f"/jobs/{job}").text
+    http.post(f"/jobs/{job}/requeue", data={"csrf": csrf})
+    assert server.store.get_job(job).state == "queued"
+
+
 def test_live_views_are_bounded(solo, monkeypatch):
     server, http = solo
     sign_in(http, token_of(server))

@@ -82,3 +82,43 @@ def test_a_job_renders_live_on_the_dashboard(start_server, browser, tmp_path):
     page.goto(server.http + "/servers")
     assert "this server" in page.inner_text("#servers") and "online" in page.inner_text("#servers")
     shoot(page, "servers")
+
+
+def test_steering_from_the_dashboard_agrees_with_the_cli(start_server, browser):
+    """Pause, resume, raise the priority of one job and cancel another with the pages' buttons;
+    a server with no slots renders nothing, so every state shown is the one set."""
+    server = start_server("alpha", "--slots", "0")
+    scene = str(SCENES / "textured" / "textured.ini")
+    first = last_line(server.cli("submit", scene, "--width", "32", "--height", "24", "--frames", "1-2"))
+    second = last_line(server.cli("submit", scene, "--width", "32", "--height", "24", "--frames", "1-2"))
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(server.http + "/jobs/1")
+    page.fill("input[name=token]", server.token)
+    page.click("button[type=submit]")
+    page.wait_for_url(server.http + "/jobs/1")
+
+    def shown_and_told(url: str) -> tuple[str, str]:
+        return (page.inner_text("#job-head h1 .state"),
+                json.loads(server.cli("status", url, "--json").stdout)["state"])
+
+    page.click("button.pause")
+    page.wait_for_selector("#job-head h1 .state.paused")
+    assert shown_and_told(first) == ("paused", "paused")
+    page.click("button.resume")
+    page.wait_for_selector("#job-head h1 .state.queued")
+    assert shown_and_told(first) == ("queued", "queued")
+
+    page.goto(server.http + "/jobs/2")
+    page.fill("input[name=priority]", "7")
+    page.click("button.priority")
+    page.wait_for_selector("#job-head .priority:text('7')")
+    assert json.loads(server.cli("status", second, "--json").stdout)["priority"] == 7
+
+    page.goto(server.http + "/jobs/1")
+    page.click("button.cancel")
+    page.wait_for_selector("#job-head h1 .state.cancelled")
+    assert shown_and_told(first) == ("cancelled", "cancelled")
+    page.goto(server.http + "/")
+    rows = page.eval_on_selector_all("tr.job", "rows => rows.map(r => [r.dataset.job, r.querySelector('.state').textContent, r.querySelector('.priority').textContent])")
+    assert rows == [["2", "queued", "7"], ["1", "cancelled", "0"]]

@@ -109,7 +109,7 @@ class Dashboard:
         name, size = self._name_and_size(job)
         return {"id": job.id, "url": str(self.url.job(job.id)), "name": name,
                 "owner": job.submitter, "origin": self.url.name, "state": job.state, "reason": job.reason,
-                "done": done, "total": total, "counts": counts,
+                "done": done, "total": total, "counts": counts, "priority": job.priority,
                 "percent": round(100 * done / total) if total else 0,
                 "elapsed": duration(elapsed), "remaining": duration(remaining),
                 "size": size}
@@ -152,6 +152,8 @@ class Dashboard:
         shown = events[-MAX_EVENTS:]
         return {**summary, "frames": frames, "movie": movie,
                 "result": job.state == states.DONE and self.store.result_path(job_id).exists(),
+                # a failed or cancelled job's finished frames download too
+                "partial": job.state in (states.FAILED, states.CANCELLED) and summary["done"] > 0,
                 "events": [{"at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at)),
                             "what": f"frame {e.frame_id}" if e.frame_id is not None else "job",
                             "old": e.old, "new": e.new, "reason": e.reason} for e in reversed(shown)],

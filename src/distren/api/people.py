@@ -10,6 +10,7 @@ loop."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode
@@ -18,9 +19,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.background import BackgroundTask
 
 from .. import __version__, states
 from ..errors import Busy, DistrenError, Forbidden, NotFound, Unauthorized
+from ..lifecycle import MAX_PRIORITY, MIN_PRIORITY, check_priority
 from ..previews import THUMB, VIEW
 from .common import Id
 from .live import Live
@@ -164,8 +167,13 @@ def router(server: Server) -> APIRouter:
 
     @web.get("/jobs/{job_id}/result.tar")
     def result(request: Request, job_id: Id):
-        path = views.result(owned(signed_in(request), job_id))
-        return FileResponse(path, media_type="application/x-tar", filename=f"{server.url.name}-job-{job_id}.tar",
+        owned(signed_in(request), job_id)
+        name = f"{server.url.name}-job-{job_id}.tar"
+        if server.store.get_job(job_id).state in (states.FAILED, states.CANCELLED):
+            partial = server.jobs.partial_result(job_id)  # made for this request, removed once sent
+            return FileResponse(partial, media_type="application/x-tar", filename=name, headers=SECURITY_HEADERS,
+                                background=BackgroundTask(partial.unlink))
+        return FileResponse(views.result(job_id), media_type="application/x-tar", filename=name,
                             headers=SECURITY_HEADERS)
 
     @web.get("/jobs/{job_id}/movie")
@@ -219,7 +227,18 @@ def router(server: Server) -> APIRouter:
             raise DistrenError("frame: the id of the frame to render again")
         server.jobs.retry(job_id, int(frame), by)
 
-    actions = {"cancel": lambda job_id, by, form: server.jobs.cancel(job_id, by), "retry": retry}
+    def priority(job_id: int, by: str, form: dict[str, str]) -> None:
+        value = form.get("priority", "").strip()
+        if not re.fullmatch(r"-?[0-9]{1,5}", value):
+            raise DistrenError(f"priority: a whole number from {MIN_PRIORITY} to {MAX_PRIORITY} (higher renders first)")
+        check_priority(int(value))
+        server.jobs.set_priority(job_id, int(value), by)
+
+    actions = {"cancel": lambda job_id, by, form: server.jobs.cancel(job_id, by), "retry": retry,
+               "pause": lambda job_id, by, form: server.jobs.pause(job_id, by),
+               "resume": lambda job_id, by, form: server.jobs.resume(job_id, by),
+               "requeue": lambda job_id, by, form: server.jobs.requeue(job_id, None, by),
+               "priority": priority}
 
     @web.post("/jobs/{job_id}/{action}")
     async def job_action(request: Request, job_id: Id, action: str):
