@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 
 from .. import __version__, states
 from ..errors import Busy, DistrenError, Forbidden, NotFound, Unauthorized
-from ..lifecycle import MAX_PRIORITY, MIN_PRIORITY, check_priority
+from ..steering import MAX_PRIORITY, MIN_PRIORITY, check_priority
 from ..previews import THUMB, VIEW
 from .common import Id
 from .live import Live
