@@ -114,7 +114,7 @@ class MemoryStore:
         return self.seq, [r[3] for r in rows]
 
     def get_job(self, job_id):
-        return SimpleNamespace(created=time.time())
+        return SimpleNamespace(created=time.time(), priority=0)
 
     def frames(self, job_id):
         return [0]

@@ -202,7 +202,7 @@ def test_a_renderer_awaiting_approval_backs_off_then_renders_once_accepted(start
     only every few seconds until a's admin accepts it."""
     a = start_server("a", "--slots", "0", "--allow", "b")
     b = start_server("b", "--slots", "0", "--peer", a.http)
-    r = start_server("r", "--slots", "1", "--peer", b.http)
+    r = start_server("r", "--slots", "1", "--peer", b.http, "--log-level", "debug")  # its log shows each request it sends
     accept(b, "r")
     url = last_line(a.cli("submit", str(SCENES / "textured"), "--width", "32", "--height", "24", "--frames", "1-2"))
     wait_for(lambda: "r" in names(a, "peers", "pending"), "r to ask a for work", 60)
