@@ -106,8 +106,7 @@ class Renderer:
         """The announced jobs, highest priority first (clamped to what an origin may set), the
         earliest heard of among equals."""
         def priority(a):
-            p = a.get("priority", 0)
-            return max(-1000, min(1000, p)) if isinstance(p, int) and not isinstance(p, bool) else 0
+            return max(-1000, min(1000, p)) if type(p := a.get("priority")) is int else 0  # not a bool
         return sorted(self.store.announcements(), key=lambda a: -priority(a))
 
     def origins_with_work(self) -> list[str]:
