@@ -129,11 +129,13 @@ def test_every_state_change_is_made_in_lifecycle():
     store's functions that run in one, which are every write of a frame's or a job's row."""
     moves = store_moves()
     assert {"set_frame", "set_job", "insert_job", "set_lease"} <= moves
-    # A name lifecycle's own API shares (extend_leases) is a call to lifecycle, not a move.
-    moves -= {n.name for n in ast.walk(ast.parse(modules()["distren.lifecycle"].read_text()))
+    # steering.py is part of Lifecycle (a mixin, in a file of its own). A name lifecycle's own
+    # API shares (extend_leases, set_priority) is a call to lifecycle, not a move.
+    lifecycle = {"distren.lifecycle", "distren.steering"}
+    moves -= {n.name for m in lifecycle for n in ast.walk(ast.parse(modules()[m].read_text()))
               if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")}
     calls = sorted(f"{name}: {node.func.attr}" for name, path in modules().items()
-                   if name != "distren.lifecycle" and not name.startswith("distren.store")
+                   if name not in lifecycle and not name.startswith("distren.store")
                    for node in ast.walk(ast.parse(path.read_text()))
                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                    and (node.func.attr in moves or node.func.attr == "tx"))
