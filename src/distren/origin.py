@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import backends, bundle, checkers, jobfile, states, uploads, urls
+from .longpoll import Waiters
 from .errors import Conflict, DistrenError, Forbidden, Gone
 from .fsutil import sha256_file
 
@@ -72,6 +73,8 @@ class Origin:
         self._frame_sha: dict[tuple[int, int, float | None], str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.waiters = Waiters()  # lease requests waiting for work (api/servers.py)
+        life.bus.subscribe(self.waiters.on_change)
 
     def start(self) -> None:
         # Renderers could not renew while we were down: give them a full lease to do so.

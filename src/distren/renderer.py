@@ -12,9 +12,7 @@ The origin's side is :mod:`distren.origin`; the protocol is in docs/protocol.md.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -24,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import backends, bundle, jobfile, states, urls
+from . import backends, jobfile, states, urls
 from .backoff import Backoff
 from .errors import Conflict, DistrenError, Forbidden, Gone, NotFound, ServerUnreachable, Unauthorized
+from .scenes import Scenes
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -39,6 +38,10 @@ IDLE_JOB_BACKOFF = 1.0
 DOWN_ORIGIN_BACKOFF = 3.0  # doubled with each failure in a row...
 MAX_ORIGIN_BACKOFF = 300.0  # ...up to this
 REFUSED_BACKOFF = 5.0  # an origin that refuses us for now (e.g. we await approval by its admin)
+# An idle renderer's lease request waits this long at the origin for work (a long poll), and
+# the answer this much longer on the wire before the origin counts as hung.
+LONG_POLL = 20.0
+LONG_POLL_SLACK = 5.0
 ASKERS = 16  # lease questions in flight at once, each to a different origin
 MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
 
@@ -93,7 +96,7 @@ class Renderer:
         self.introduce = introduce
         self.wake = wake
         self._cache = cache
-        self._cache_locks: dict[str, threading.Lock] = {}
+        self.scenes = Scenes(cache)
         self._origins = Backoff(DOWN_ORIGIN_BACKOFF, MAX_ORIGIN_BACKOFF)  # origins that failed to answer
         self._jobs = Backoff(IDLE_JOB_BACKOFF, IDLE_JOB_BACKOFF)  # jobs with no frame for us just now
         self._asks: dict[str, Future] = {}
@@ -195,13 +198,16 @@ class Renderer:
     def _lease_any(self, origin: str) -> RemoteWork | None:
         # Where the origin says it is now (its hello) beats where it was when it announced.
         known = self.known_address(origin)
-        for ann in self._by_priority():
-            if ann["origin"] != origin or self._jobs.waiting(ann["job"]) or not self._can_render(ann):
-                continue
+        anns = [ann for ann in self._by_priority()
+                if ann["origin"] == origin and not self._jobs.waiting(ann["job"]) and self._can_render(ann)]
+        for n, ann in enumerate(anns):
             job = urls.parse_job(ann["job"])
             address = known or ann["address"]
+            # The last job asked waits at the origin for work (a long poll, on this asker thread,
+            # never on a slot): idle, we ask once per LONG_POLL, not once per IDLE_JOB_BACKOFF.
+            wait = LONG_POLL if n == len(anns) - 1 else 0.0
             try:
-                work = self._lease(address, job)
+                work, woken = self._lease_waiting(address, job, wait)
             except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
                 self._origins.succeeded(origin)
                 self.store.forget_announcement(ann["job"])
@@ -214,7 +220,7 @@ class Renderer:
             except Unauthorized:
                 try:  # the origin may not know us yet: introduce ourselves, then ask again
                     self.introduce(address)
-                    work = self._lease(address, job)
+                    work, woken = self._lease_waiting(address, job)
                 except DistrenError as e:
                     log.info("origin %s refused a lease (%s)", origin, e)
                     self._origins.failed(origin)
@@ -228,10 +234,13 @@ class Renderer:
                          self._origins.failed(origin))
                 return None
             self._origins.succeeded(origin)
-            if work is None:
+            if work is not None:
+                return work
+            if woken:  # something changed at the origin: its jobs are worth asking again now
+                for other in anns:
+                    self._jobs.succeeded(other["job"])
+            else:
                 self._jobs.pause(ann["job"], IDLE_JOB_BACKOFF)
-                continue
-            return work
         return None
 
     @staticmethod
@@ -240,16 +249,25 @@ class Renderer:
         return isinstance(needs, list) and any(b in backends.available() for b in needs)
 
     def _lease(self, address: str, job: urls.JobURL) -> RemoteWork | None:
+        return self._lease_waiting(address, job)[0]
+
+    def _lease_waiting(self, address: str, job: urls.JobURL, wait: float = 0.0) -> tuple[RemoteWork | None, bool]:
+        """A lease of a frame of ``job``, or None; and whether the origin, asked to ``wait`` for
+        work, was woken by a change (then its other jobs may have work now)."""
         # What this server can render and its slots go with the request (signed, in the query):
         # the origin grants only frames of those backends, and at most that many. The request
         # id makes asking again safe: a retry whose first answer was lost gets the same frame.
         sha = self._announced_bundle(job)
         can = ",".join(backends.available())
-        resp = self.transport.call(
-            "POST", address, f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots()}&request={secrets.token_hex(16)}",
-            retries=2, timeout=10, to=job.server)
+        path = f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots()}&request={secrets.token_hex(16)}"
+        if wait:
+            path += f"&wait={wait:g}"
+        # A long poll's answer may take ``wait``; a hung origin costs this asker that plus
+        # LONG_POLL_SLACK, twice at most, never a slot.
+        resp = self.transport.call("POST", address, path, retries=1 if wait else 2,
+                                   timeout=wait + LONG_POLL_SLACK if wait else 10, to=job.server)
         if resp.status_code == 204:
-            return None
+            return None, resp.headers.get("X-Distren-Woken") == "1"
         jf = jobfile.loads(resp.content)
         expires = resp.headers.get("X-Distren-Lease-Expires")
         if jf.name != str(job) or len(jf.frames) != 1 or not expires:
@@ -259,7 +277,7 @@ class Renderer:
             granted = float(expires) - (float(now) if now else time.time())
         except ValueError:
             raise DistrenError(f"{address} answered a lease with a malformed expiry {expires!r}") from None
-        return RemoteWork(job.server, address, job, jf, sha, time.time() + granted)
+        return RemoteWork(job.server, address, job, jf, sha, time.time() + granted), False
 
     def _announced_bundle(self, job: urls.JobURL) -> str:
         """The bundle's hash as the origin signed it in its announcement (the lease answer's
@@ -273,20 +291,8 @@ class Renderer:
 
     def scene_for(self, work: RemoteWork) -> Path:
         """The job's scene, fetched once per bundle (cached by content hash) and verified."""
-        sha = work.bundle_sha256
-        scene = self._cache / "scenes" / sha
-        with self._cache_locks.setdefault(sha, threading.Lock()):
-            if not scene.is_dir():
-                tar = self._cache / "bundles" / f"{sha}.tar"
-                if not tar.exists():
-                    self.transport.download(work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, sha,
-                                            to=work.origin)
-                unpacked = self._cache / "scenes" / f".{sha}.unpacked"
-                shutil.rmtree(unpacked, ignore_errors=True)
-                bundle.extract(tar, unpacked)
-                os.replace(unpacked / "scene", scene)
-                shutil.rmtree(unpacked, ignore_errors=True)
-        return scene
+        return self.scenes.scene(work.bundle_sha256, lambda tar: self.transport.download(
+            work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, work.bundle_sha256, to=work.origin))
 
     def keep_lease(self, work: RemoteWork, done: threading.Event, on_lost) -> None:
         """Renew ``work``'s lease until ``done``; call ``on_lost`` if the origin says it is gone."""
@@ -352,7 +358,7 @@ class Renderer:
         path = self._cache / "frames" / target.server / f"{target.job_id}-{target.frame_id}.tar"
         query = "" if for_frame is None else (f"?for_server={for_frame.server}&for_job={for_frame.job_id}"
                                               f"&for_frame={for_frame.frame_id}")
-        with self._cache_locks.setdefault(str(target), threading.Lock()):
+        with self.scenes.lock(str(target)):
             if not path.exists():
                 state = self.remote_frame_state(target)
                 if state.get("state") != states.DONE:

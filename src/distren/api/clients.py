@@ -53,7 +53,7 @@ def router(server: Server) -> APIRouter:
     @api.get("/api/server")
     async def info():  # no I/O: answered on the event loop, not queued behind the thread pool
         return {"name": server.url.name, "url": str(server.url), "slots": server.settings.slots,
-                "version": __version__}
+                "version": __version__, "lease_requests_waiting": len(server.origin.waiters)}
 
     @api.post("/api/jobs", status_code=201)
     async def submit(request: Request, u=Depends(user), idempotency_key: str | None = Header(default=None),

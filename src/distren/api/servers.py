@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from .. import identity, urls
+from .. import identity, longpoll, urls
 from ..errors import BundleError, DistrenError
 from .common import MAX_SIGNED_BODY, Id, content_length, receive_file
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 def router(server: Server) -> APIRouter:
     api = APIRouter()
     peering, gossip, origin = server.peering, server.gossip, server.origin
+    waiters = origin.waiters
 
     def path_of(request: Request) -> str:
         q = request.url.query
@@ -86,6 +87,7 @@ def router(server: Server) -> APIRouter:
         return await run_in_threadpool(gossip.state, sender, request.query_params.get("since"))
 
     def grant(request: Request):
+        """The lease asked for, or None; and how to ask again without the (spent) nonce."""
         job_id = int(request.path_params["job_id"])
         if not 0 <= job_id <= urls.MAX_ID:
             raise DistrenError(f"malformed request: job id {str(job_id)[:30]} is not an id (0 to {urls.MAX_ID})")
@@ -95,18 +97,41 @@ def router(server: Server) -> APIRouter:
         sender = verify(request, identity.EMPTY_SHA256, lambda n, exp: nonces.append((n, exp)))
         q = request.query_params
         can = q.get("can")
-        return origin.grant_lease(sender, job_id, nonces[0], None if can is None else set(can.split(",")),
-                                  q.get("request"), q.get("slots"))
+
+        def ask(nonce):
+            return origin.grant_lease(sender, job_id, nonce, None if can is None else set(can.split(",")),
+                                      q.get("request"), q.get("slots"))
+
+        # Asked again after a wait, the nonce is already recorded (with the first answer, none).
+        return ask(nonces[0]), lambda: ask(None)
+
+    def wait_of(request: Request) -> float:
+        value = request.query_params.get("wait", "0")
+        try:
+            wait = float(value)
+        except ValueError:
+            raise DistrenError(f"malformed lease request: wait={value[:20]!r} is not a number of seconds") from None
+        return min(longpoll.MAX_WAIT, wait) if wait > 0 else 0.0  # NaN and negatives: no wait
 
     async def lease(request: Request):
         # The busiest call a server answers (every idle slot of every peer asks), so it is a
         # plain Starlette route: no FastAPI parameter machinery between the socket and the work.
+        # With ?wait=S and no frame ready, the request waits (on the loop, no thread held) for a
+        # change that may make one ready, then asks once more (longpoll.py).
+        woken = False
         try:
-            granted = await run_in_threadpool(grant, request)
+            wait = wait_of(request)
+            generation = waiters.generation
+            granted, again = await run_in_threadpool(grant, request)
+            if granted is None and wait:
+                woken = await waiters.wait(int(request.path_params["job_id"]), generation, wait)
+                if woken:
+                    granted = await run_in_threadpool(again)
         except DistrenError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         if granted is None:
-            return Response(status_code=204)
+            # Woken but nothing for us: the renderer asks the origin's other jobs again at once.
+            return Response(status_code=204, headers={"X-Distren-Woken": "1"} if woken else None)
         xml, sha, expires = granted
         return Response(xml, media_type="application/xml",
                         headers={"X-Distren-Bundle-SHA256": sha, "X-Distren-Lease-Expires": f"{expires:.3f}",
