@@ -1,6 +1,6 @@
 """What idle renderers cost an origin. One origin (--slots 0) has a job whose only frame is leased,
-so nothing is ready; N renderers (each a server name of its own, said hello from one of N/20
-loopback addresses: hellos are rate-limited per address) keep asking it for work on keep-alive
+so nothing is ready; N renderers (each a server name of its own, with a loopback address of its
+own: bench/stubs.py) keep asking it for work on keep-alive
 connections, each request freshly signed:
 
   long poll  ?wait=20: the origin holds the request until work appears or 20 s pass
@@ -32,27 +32,11 @@ import httpx
 from nacl.signing import SigningKey
 
 from distren.identity import Identity
-from distren.peering import hello_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cluster  # noqa: E402
 from leases import ORIGIN, cpu_seconds, make_bundle  # noqa: E402
-
-PER_SOURCE = 20  # hellos one source address may say at once
-
-
-def say_hellos(address: str, key: SigningKey, names: list[str]) -> None:
-    for i in range(0, len(names), PER_SOURCE):
-        source = f"127.0.{1 + i // (PER_SOURCE * 250)}.{2 + (i // PER_SOURCE) % 250}"
-        with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=30) as c:
-            for name in names[i:i + PER_SOURCE]:
-                ident = Identity(name, key)
-                ts = f"{time.time():.3f}"
-                claim = f"http://{source}:9"  # refused at once (the origin's sync polls it), from where we are
-                body = {"name": name, "address": claim, "key": ident.public, "time": ts,
-                        "signature": ident.sign(hello_text(name, claim, ident.public, ts))}
-                c.post(address + "/fed/hello", json=body).raise_for_status()
-
+from stubs import HelloStubs  # noqa: E402
 
 async def _renderer(port: int, ident: Identity, job: int, wait: float, until: float, counts: dict) -> None:
     await asyncio.sleep(random.uniform(0, wait or 1.0))  # renderers are not in step
@@ -88,13 +72,11 @@ def waiting(address: str) -> int:
     return httpx.get(address + "/api/server", timeout=10).json().get("lease_requests_waiting", -1)
 
 
-def measure(n: int, seconds: float, wait: float, bundle: Path) -> dict:
-    key = SigningKey.generate()
-    names = [f"idle-{i}" for i in range(n)]
+def measure(stubs: HelloStubs, key: SigningKey, names: list[str], seconds: float, wait: float, bundle: Path) -> dict:
     with cluster("idle") as (start, _):
-        origin = start(ORIGIN, "--slots", "0", "--lease-timeout", "3600")
+        origin = start(ORIGIN, "--slots", "0", "--lease-timeout", "3600", "--peering", "open")
         job = origin.client.job_id(origin.client.submit(bundle))
-        say_hellos(origin.address, key, names + ["busy"])
+        stubs.say_hellos(origin.address)
         busy = Identity("busy", key)
         path = f"/fed/jobs/{job}/lease?can=povray"
         r = httpx.post(origin.address + path, headers=busy.sign_request("POST", path, to=ORIGIN), timeout=30)
@@ -131,8 +113,11 @@ def main() -> None:
           f"renderers; CPU measured over {args.seconds:.0f} s")
     with tempfile.TemporaryDirectory(prefix="distren-bench-idle-") as work:
         bundle = make_bundle(Path(work), 1)
+        key = SigningKey.generate()
+        names = [f"idle-{i}" for i in range(args.renderers)]
+        stubs = HelloStubs(key, names + ["busy"])
         for label, wait in ((f"long poll (wait={args.wait:g} s)", args.wait), ("polling every 1 s (before)", 0.0)):
-            r = measure(args.renderers, args.seconds, wait, bundle)
+            r = measure(stubs, key, names, args.seconds, wait, bundle)
             print(f"  {label:28s} origin CPU {100 * r['asking']:5.1f} % of a core with them asking, "
                   f"{100 * r['quiet']:4.1f} % before they started: the asking costs "
                   f"{100 * (r['asking'] - r['quiet']):5.1f} %; requests waiting at the origin "

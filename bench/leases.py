@@ -35,19 +35,17 @@ from pathlib import Path
 import httpx
 from nacl.signing import SigningKey
 
-from distren.peering import hello_text as _hello_text
 from distren.identity import Identity
 from distren.pack import pack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import cluster  # noqa: E402
+from stubs import HelloStubs  # noqa: E402
 
 LOAD, ORIGIN = "load", "a"  # the client's and the origin's server names (signatures name the recipient)
 # An origin lends one renderer at most its slots (at most 1024), so every connection of the load
 # is a renderer of its own (load-P-C, one key), each saying it has the most slots allowed.
 SLOTS = 1024
-# Refused at once: the origin's sync loop polls every peer's address, and the client has none.
-LOAD_ADDRESS = "http://127.0.0.1:9"
 POV = "camera{location <0,0,-3> look_at 0}\nlight_source{<2,4,-3> rgb 1}\nsphere{0,1 pigment{rgb clock}}\n"
 WORKLOADS = {"big": (1, 20000), "small": (400, 25)}  # jobs, frames per job
 # (label, mode, processes, connections per process)
@@ -156,14 +154,6 @@ def load_name(proc: int, conn: int) -> str:
     return f"{LOAD}-{proc}-{conn}"
 
 
-def hello(address: str, key: SigningKey, name: str = LOAD) -> None:
-    ident = Identity(name, key)
-    ts = f"{time.time():.3f}"
-    body = {"name": name, "address": LOAD_ADDRESS, "key": ident.public, "time": ts,
-            "signature": ident.sign(_hello_text(name, LOAD_ADDRESS, ident.public, ts))}
-    httpx.post(address + "/fed/hello", json=body, timeout=10).raise_for_status()
-
-
 def make_bundle(work: Path, frames: int) -> Path:
     scene = work / f"scene{frames}"
     scene.mkdir()
@@ -179,13 +169,11 @@ def run_load(workload: str, config: tuple, bundle: Path, seconds: float, profile
     njobs, _ = WORKLOADS[workload]
     key = SigningKey.generate()
     with cluster("leases") as (start, tmp):
-        origin = start(ORIGIN, "--slots", "0", "--lease-timeout", "600")
+        origin = start(ORIGIN, "--slots", "0", "--lease-timeout", "600", "--peering", "open")
         t0 = time.perf_counter()
         jobs = [origin.client.job_id(origin.client.submit(bundle)) for _ in range(njobs)]
         submit_s = time.perf_counter() - t0
-        for p in range(procs):
-            for i in range(conns):
-                hello(origin.address, key, load_name(p, i))
+        HelloStubs(key, [load_name(p, i) for p in range(procs) for i in range(conns)]).say_hellos(origin.address)
         port = int(origin.address.rsplit(":", 1)[1])
         ctx = mp.get_context("spawn")
         out = ctx.Queue()
