@@ -93,6 +93,7 @@ class Gossip:
         # peer -> its cursor in its last answer. A record missed (refused for a while) comes again
         # when its origin re-signs it, so no pass ever needs more than what changed.
         self._cursors: dict[str, int] = {}
+        self._etags: dict[str, tuple[int | None, str]] = {}  # peer -> (the cursor asked with next, its answer's ETag)
         self._answers: OrderedDict[tuple[int, int], list] = OrderedDict()  # (since, cursor) -> records
         self._maintained = 0.0
         self._memo = threading.Lock()  # guards the two memories above (API and sync threads)
@@ -305,14 +306,23 @@ class Gossip:
 
     def _pull(self, name: str, address: str) -> None:
         cursor = self._cursors.get(name, 0)
+        # The answer to the same question last time: unchanged, the peer answers 304 and no body.
+        etag = self._etags.get(name, (None, ""))
         try:
-            st = self.transport.call("GET", address, f"/fed/state?since={cursor}", retries=0, timeout=STATE_TIMEOUT,
-                                     to=name).json()
+            resp = self.transport.call("GET", address, f"/fed/state?since={cursor}", retries=0, timeout=STATE_TIMEOUT,
+                                       to=name, headers={"If-None-Match": etag[1]} if etag[0] == cursor else None)
+            if resp.status_code == 304:
+                self._peers.succeeded(name)
+                self.store.peer_heard(name)
+                return
+            st = resp.json()
         except (DistrenError, ValueError) as e:
             log.debug("sync with %s failed: %s", name, e)
             self._peers.failed(name)
             return
         self._peers.succeeded(name)
+        self._etags[name] = (_int(st.get("cursor"), 1 << 62) if isinstance(st, dict) else None,
+                             resp.headers.get("ETag", ""))
         if not isinstance(st, dict):
             return
         self.store.peer_heard(name, _int(st.get("slots")), _strings(st.get("rendering")))

@@ -73,17 +73,17 @@ class Transport:
         raise AssertionError("unreachable")
 
     def call(self, method: str, base: str, path: str, body=None, retries: int = 2,
-             timeout: float | None = None, *, to: str) -> httpx.Response:
-        """A signed call, for server ``to``, with a small JSON (or empty) body; raises the
-        remote error, if any."""
+             timeout: float | None = None, *, to: str, headers: dict | None = None) -> httpx.Response:
+        """A signed call, for server ``to``, with a small JSON (or empty) body and ``headers``
+        (unsigned: e.g. If-None-Match); raises the remote error, if any."""
         data = b"" if body is None else jsonlib.dumps(body, sort_keys=True, ensure_ascii=False).encode()
         digest = hashlib.sha256(data).hexdigest() if data else EMPTY_SHA256
 
         def attempt():
-            headers = self.identity.sign_request(method, path, digest, to=to)  # fresh nonce every try
+            signed = {**(headers or {}), **self.identity.sign_request(method, path, digest, to=to)}  # fresh nonce every try
             if data:
-                headers["Content-Type"] = "application/json"
-            return self.http.request(method, base + path, content=data, headers=headers,
+                signed["Content-Type"] = "application/json"
+            return self.http.request(method, base + path, content=data, headers=signed,
                                      timeout=_timeout(timeout) if timeout else self.http.timeout)
 
         resp = self._retrying(f"{method} {base}{path}", attempt, retries)

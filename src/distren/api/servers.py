@@ -81,10 +81,20 @@ def router(server: Server) -> APIRouter:
         news = await run_in_threadpool(gossip.receive, sender, json_body(body), hops(request))
         return {"news": news}
 
+    def revalidated(request: Request, data: dict) -> Response:
+        """A JSON answer with its ETag (a hash of the body); ``304`` and no body to a request that
+        names it in If-None-Match. Private (signed requests), always revalidated."""
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if etag in (t.strip() for t in request.headers.get("if-none-match", "").split(",")):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
+
     @api.get("/fed/state")
     async def fed_state(request: Request):
         sender, _ = await signed(request)
-        return await run_in_threadpool(gossip.state, sender, request.query_params.get("since"))
+        return revalidated(request, await run_in_threadpool(gossip.state, sender, request.query_params.get("since")))
 
     def grant(request: Request):
         """The lease asked for, or None; and how to ask again without the (spent) nonce."""
@@ -148,7 +158,7 @@ def router(server: Server) -> APIRouter:
     @api.get("/fed/jobs/{job_id}/frames/{frame_id}")
     async def fed_frame(job_id: Id, frame_id: Id, request: Request):
         await signed(request)
-        return await run_in_threadpool(origin.frame_state, job_id, frame_id)
+        return revalidated(request, await run_in_threadpool(origin.frame_state, job_id, frame_id))
 
     @api.get("/fed/jobs/{job_id}/frames/{frame_id}/files")
     async def fed_frame_files(job_id: Id, frame_id: Id, request: Request):
