@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import backends, bundle, checkers, jobfile, states, uploads, urls
+from . import backends, bundle, bundleshare, checkers, jobfile, states, uploads, urls
 from .longpoll import Waiters
 from .errors import Conflict, DistrenError, Forbidden, Gone
 from .fsutil import sha256_file
@@ -49,13 +49,15 @@ class Origin:
     def __init__(self, url: urls.ServerURL, store: Store, life: Lifecycle, jobfiles: JobFiles,
                  lease_timeout: float, max_attempts: int, limits: Limits, max_result_bytes: int,
                  rebundle: Callable[[int], None], verifier: Verifier, blocklist_threshold: int = 3,
-                 vouched: Callable[[urls.FrameURL, str, urls.FrameURL], bool] = lambda *a: False):
+                 vouched: Callable[[urls.FrameURL, str, urls.FrameURL], bool] = lambda *a: False,
+                 sign: Callable[[bytes], str] | None = None):
         """``limits``: what checking an upload's images in the sandbox may use, and, its wall
         time, how long a frame may stay leased; ``rebundle(job_id)``: collect a job whose last
         frame is done into its result; ``verifier``: checks a share of renderers' pixels, and
         who is trusted; ``blocklist_threshold``: frames of a job a renderer may
         fail or let run out before it gets none of them; ``vouched(frame, server, dep)``: does
-        ``frame``'s origin say that ``server`` renders it and that it depends on ``dep``."""
+        ``frame``'s origin say that ``server`` renders it and that it depends on ``dep``;
+        ``sign``: signs with this server's key (grants to fetch a bundle from a peer)."""
         self.url = url
         self.store = store
         self.life = life
@@ -74,6 +76,9 @@ class Origin:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.waiters = Waiters()  # lease requests waiting for work (api/servers.py)
+        self.sign = sign
+        self.sends = bundleshare.Sends(bundleshare.ORIGIN_SENDS)  # bundles being sent (api/servers.py)
+        self.holders = bundleshare.Holders()  # who got which bundle in full
         life.bus.subscribe(self.waiters.on_change)
 
     def start(self) -> None:
@@ -156,6 +161,18 @@ class Origin:
         self._need_to_know(sender, job_id, "its scene")  # first: a stranger learns nothing of the job
         self.own_job(job_id)
         return self.store.seed_path(job_id), self.jobfiles.bundle_sha256(job_id)
+
+    def bundle_peers(self, sender: str, job_id: int) -> dict:
+        """For a renderer that holds a lease on the job: the servers that hold its bundle, and
+        a grant that lets it fetch the bundle from them (bundleshare.py)."""
+        path, sha = self.bundle(sender, job_id)
+        peers = []
+        for name in self.holders.of(sha):
+            pin = self.store.peer_pin(name)
+            if name != sender and pin is not None:
+                peers.append({"name": name, "address": pin[2]})
+        grant = bundleshare.make_grant(self.sign, self.url.name, job_id, sha, sender) if self.sign else None
+        return {"sha256": sha, "peers": peers, "grant": grant}
 
     def _leased_to(self, sender: str, job_id: int, frame_id: int, late: bool = False):
         """The frame, if ``sender`` holds it (or, ``late``, held it on a lease that ran out and

@@ -96,7 +96,7 @@ class Renderer:
         self.introduce = introduce
         self.wake = wake
         self._cache = cache
-        self.scenes = Scenes(cache)
+        self.scenes = Scenes(cache, transport, known_address, introduce)
         self._origins = Backoff(DOWN_ORIGIN_BACKOFF, MAX_ORIGIN_BACKOFF)  # origins that failed to answer
         self._jobs = Backoff(IDLE_JOB_BACKOFF, IDLE_JOB_BACKOFF)  # jobs with no frame for us just now
         self._asks: dict[str, Future] = {}
@@ -291,8 +291,8 @@ class Renderer:
 
     def scene_for(self, work: RemoteWork) -> Path:
         """The job's scene, fetched once per bundle (cached by content hash) and verified."""
-        return self.scenes.scene(work.bundle_sha256, lambda tar: self.transport.download(
-            work.address, f"/fed/jobs/{work.job.job_id}/bundle", tar, work.bundle_sha256, to=work.origin))
+        return self.scenes.scene(work.bundle_sha256, lambda tar: self.scenes.fetch(
+            work.origin, work.address, work.job.job_id, work.bundle_sha256, tar))
 
     def keep_lease(self, work: RemoteWork, done: threading.Event, on_lost) -> None:
         """Renew ``work``'s lease until ``done``; call ``on_lost`` if the origin says it is gone."""

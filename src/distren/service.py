@@ -108,7 +108,7 @@ class Server:
         self.origin = Origin(self.url, self.store, self.life, self.jobfiles, s.lease_timeout, s.max_attempts,
                              s.limits, s.max_result_bytes, self.jobs.rebundle, self.verifier,
                              s.blocklist_threshold,
-                             self.renderer.vouched)
+                             self.renderer.vouched, self.identity.sign)
         self.scheduler = Scheduler(self.url, self.store, self.life, self.jobfiles, self.renderer,
                                    self.jobs.rebundle, s.data, self.governor, s.limits, s.max_attempts, wake)
         self.views = Views(self.url, self.store, self.jobfiles, s.advertise, s.slots, self.scheduler.rendering_now,

@@ -107,14 +107,15 @@ class Transport:
         return resp
 
     def download(self, base: str, path: str, dest: Path, sha256: str | None, retries: int = 5,
-                 limit: int | None = 4 * 1024**3, *, to: str) -> str:
-        """GET a file, streamed to ``dest`` atomically; verify its SHA-256. Returns the digest."""
+                 limit: int | None = 4 * 1024**3, *, to: str, headers: dict | None = None) -> str:
+        """GET a file, streamed to ``dest`` atomically; verify its SHA-256. Returns the digest.
+        ``headers``: more, unsigned (e.g. a grant that carries its own signature)."""
         what = f"download of {base}{path}"
         delay = 0.2
         for n in range(retries + 1):
             try:
-                headers = self.identity.sign_request("GET", path, to=to)
-                with self.http.stream("GET", base + path, headers=headers,
+                signed = {**(headers or {}), **self.identity.sign_request("GET", path, to=to)}
+                with self.http.stream("GET", base + path, headers=signed,
                                       timeout=_timeout(STREAM_READ_TIMEOUT)) as resp:
                     if resp.status_code >= 400:
                         resp.read()

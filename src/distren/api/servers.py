@@ -149,11 +149,44 @@ def router(server: Server) -> APIRouter:
 
     api.add_route("/fed/jobs/{job_id:int}/lease", lease, methods=["POST"])
 
+    def sending(path, sha: str, end, on_sent=None) -> Response:
+        """A bundle, named by its hash (so it never changes: cacheable for good, by the asker);
+        ``end()`` when the send is over, however; ``on_sent()`` once it all went out."""
+        class Sent(FileResponse):
+            async def __call__(self, scope, receive, send):
+                done = False
+                try:
+                    await super().__call__(scope, receive, send)
+                    done = True
+                finally:
+                    end()
+                    if done and on_sent is not None:
+                        on_sent()
+
+        return Sent(path, media_type="application/x-tar",
+                    headers={"X-Content-SHA256": sha, "ETag": f'"{sha}"', "Cache-Control": "private, immutable"})
+
     @api.get("/fed/jobs/{job_id}/bundle")
     async def job_bundle(job_id: Id, request: Request):
         sender, _ = await signed(request)
         path, sha = await run_in_threadpool(origin.bundle, sender, job_id)
-        return FileResponse(path, media_type="application/x-tar", headers={"X-Content-SHA256": sha})
+        origin.sends.start(sha, "this bundle")  # Busy (503): its holders have it, or soon will
+        return sending(path, sha, lambda: origin.sends.end(sha), lambda: origin.holders.add(sha, sender))
+
+    @api.get("/fed/jobs/{job_id}/bundle/peers")
+    async def job_bundle_peers(job_id: Id, request: Request):
+        sender, _ = await signed(request)
+        return await run_in_threadpool(origin.bundle_peers, sender, job_id)
+
+    @api.get("/fed/bundles/{sha}")
+    async def passed_on(sha: str, request: Request):
+        # Another origin's bundle that this server holds, for a renderer its origin granted it to.
+        sender, _ = await signed(request)
+        scenes = server.renderer.scenes
+        path = await run_in_threadpool(scenes.serve, sha, request.headers.get("X-Distren-Grant", ""), sender,
+                                       server.store.peer_key)
+        scenes.sends.start("all", "this server's bundles")
+        return sending(path, sha, lambda: scenes.sends.end("all"))
 
     @api.get("/fed/jobs/{job_id}/frames/{frame_id}")
     async def fed_frame(job_id: Id, frame_id: Id, request: Request):
