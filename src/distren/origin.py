@@ -162,6 +162,11 @@ class Origin:
         self.own_job(job_id)
         return self.store.seed_path(job_id), self.jobfiles.bundle_sha256(job_id)
 
+    def bundle_sent(self, sha: str, sender: str) -> None:
+        """A bundle went out to ``sender`` in full: it holds it now."""
+        log.info("sent bundle %s... to %s", sha[:12], sender)
+        self.holders.add(sha, sender)
+
     def bundle_peers(self, sender: str, job_id: int) -> dict:
         """For a renderer that holds a lease on the job: the servers that hold its bundle, and
         a grant that lets it fetch the bundle from them (bundleshare.py)."""

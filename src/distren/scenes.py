@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shutil
 import threading
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("distren.scenes")
 
 FETCH_PATIENCE = 600.0  # seconds a renderer keeps asking a busy origin and its holders for a bundle
+PEERS_TRIED = 3  # holders asked for a bundle per round
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -81,8 +83,10 @@ class Scenes:
             except NotFound:  # an origin that does not pass bundles on: its own copy only
                 info = {}
             peers = info.get("peers") if isinstance(info, dict) and isinstance(info.get("grant"), str) else None
-            for peer in peers if isinstance(peers, list) else []:
-                if isinstance(peer, dict) and self._from_peer(peer, sha, info["grant"], dest):
+            # A few of them, in random order: a holder that stalls costs one read timeout each.
+            peers = [p for p in peers if isinstance(p, dict)] if isinstance(peers, list) else []
+            for peer in random.sample(peers, min(PEERS_TRIED, len(peers))):
+                if self._from_peer(peer, sha, info["grant"], dest):
                     return
             try:
                 self.transport.download(address, f"/fed/jobs/{job_id}/bundle", dest, sha, retries=0, to=origin)

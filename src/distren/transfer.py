@@ -128,6 +128,8 @@ class Transport:
             except ValueError as e:  # over the size limit
                 raise BundleError(f"{what}: {e}") from None
             except (httpx.TransportError, DistrenError) as e:
+                if isinstance(e, httpx.TransportError) and n == retries:
+                    raise ServerUnreachable(f"{what}: {type(e).__name__}: {e}") from None
                 if (isinstance(e, DistrenError) and e.final) or n == retries:
                     raise
                 log.warning("%s failed (%s); retrying in %.1f s", what, e, delay)

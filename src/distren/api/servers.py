@@ -171,7 +171,7 @@ def router(server: Server) -> APIRouter:
         sender, _ = await signed(request)
         path, sha = await run_in_threadpool(origin.bundle, sender, job_id)
         origin.sends.start(sha, "this bundle")  # Busy (503): its holders have it, or soon will
-        return sending(path, sha, lambda: origin.sends.end(sha), lambda: origin.holders.add(sha, sender))
+        return sending(path, sha, lambda: origin.sends.end(sha), lambda: origin.bundle_sent(sha, sender))
 
     @api.get("/fed/jobs/{job_id}/bundle/peers")
     async def job_bundle_peers(job_id: Id, request: Request):
