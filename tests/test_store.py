@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -1106,3 +1106,14 @@ def test_store_long_random_walk(seed):
             m.rebundle_list()
     finally:
         m.teardown()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=3000))
+def test_reason_text_of_plain_ascii_is_one_line_bounded_and_as_the_careful_way_makes_it(text):
+    from distren.store.jobs import MAX_REASON, reason_text
+    got = reason_text(text)
+    assert "\n" not in got and "\x00" not in got and len(got) <= MAX_REASON
+    # The careful way, character by character: what the quick path for plain ASCII must equal.
+    careful = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    assert got == (careful if len(careful) <= MAX_REASON else careful[: MAX_REASON - 3] + "...")

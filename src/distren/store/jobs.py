@@ -157,6 +157,9 @@ def reason_text(reason: str) -> str:
     scenes (a scene may print binary data, a peer may send anything), so control and format
     characters and undecodable bytes become spaces, runs of spaces one, and the length is
     bounded. Every stored reason passes here."""
+    reason = str(reason)
+    if reason.isascii() and reason.isprintable() and len(reason) <= MAX_REASON:  # most reasons: ours
+        return " ".join(reason.split())
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") or c == "\ufffd" else c
                    for c in str(reason)[: 4 * MAX_REASON])
     text = " ".join(text.split())

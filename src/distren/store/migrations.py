@@ -145,4 +145,9 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_by_priority ON jobs(state, priority, id);
     """,
+    # 10: the leases a renderer holds, counted at every lease it asks for, found by its name
+    # rather than among every frame being rendered.
+    """
+    CREATE INDEX frames_by_server ON frames(server, state);
+    """,
 ]
