@@ -54,15 +54,15 @@ class Wire:
         wire = self
 
         class Transport:
-            def call(self, method, base, path, body=None, retries=0, timeout=None, *, to):
+            def call(self, method, base, path, body=None, retries=0, timeout=None, *, to, headers=None):
                 if path.startswith("/fed/announce"):
                     wire.messages += 1
                     wire.queue.append((me, to, body, int(path.split("hops=")[1])))
-                    return SimpleNamespace(json=lambda: {})
+                    return SimpleNamespace(status_code=200, headers={}, json=lambda: {})
                 since = int(path.split("since=")[1])
                 answer = wire.servers[to].state(me, since)
                 wire.read += len(json.dumps(answer))
-                return SimpleNamespace(json=lambda: answer)
+                return SimpleNamespace(status_code=200, headers={}, json=lambda: answer)  # no ETags here
 
         return Transport()
 
