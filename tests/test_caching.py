@@ -52,7 +52,7 @@ def test_state_and_frame_answers_are_revalidated_by_etag(start_server, mallory):
 
 def test_the_sync_loop_pulls_with_if_none_match(start_server):
     a = start_server("a", "--slots", "0", "--peering", "open")
-    b = start_server("b", "--slots", "0", "--peer", a.http)
+    b = start_server("b", "--slots", "0", "--peer", a.http, "--log-level", "debug")  # logs each request
     log = b.data.parent / f"b-{b.port}.log"
     # b's pulls of a: in full until nothing changes, then 304 every 3 s.
     wait_for(lambda: f'GET {a.http}/fed/state?since=' in log.read_text() and "304 Not Modified" in log.read_text(),

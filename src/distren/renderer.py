@@ -38,10 +38,7 @@ IDLE_JOB_BACKOFF = 1.0
 DOWN_ORIGIN_BACKOFF = 3.0  # doubled with each failure in a row...
 MAX_ORIGIN_BACKOFF = 300.0  # ...up to this
 REFUSED_BACKOFF = 5.0  # an origin that refuses us for now (e.g. we await approval by its admin)
-# An idle renderer's lease request waits this long at the origin for work (a long poll), and
-# the answer this much longer on the wire before the origin counts as hung.
-LONG_POLL = 20.0
-LONG_POLL_SLACK = 5.0
+LONG_POLL, LONG_POLL_SLACK = 20.0, 5.0  # an idle asker waits at the origin (+ slack on the wire)
 ASKERS = 16  # lease questions in flight at once, each to a different origin
 MAX_LOG_BYTES = 128 * 1024  # JSON escaping may grow it; signed bodies stay under 1 MiB
 
@@ -203,9 +200,7 @@ class Renderer:
         for n, ann in enumerate(anns):
             job = urls.parse_job(ann["job"])
             address = known or ann["address"]
-            # The last job asked waits at the origin for work (a long poll, on this asker thread,
-            # never on a slot): idle, we ask once per LONG_POLL, not once per IDLE_JOB_BACKOFF.
-            wait = LONG_POLL if n == len(anns) - 1 else 0.0
+            wait = LONG_POLL if n == len(anns) - 1 else 0.0  # the last one waits there for work
             try:
                 work, woken = self._lease_waiting(address, job, wait)
             except (Gone, NotFound):  # finished, cancelled or deleted: never ask again
@@ -262,8 +257,7 @@ class Renderer:
         path = f"/fed/jobs/{job.job_id}/lease?can={can}&slots={self.slots()}&request={secrets.token_hex(16)}"
         if wait:
             path += f"&wait={wait:g}"
-        # A long poll's answer may take ``wait``; a hung origin costs this asker that plus
-        # LONG_POLL_SLACK, twice at most, never a slot.
+        # A hung origin costs this asker (never a slot) wait + LONG_POLL_SLACK, twice at most.
         resp = self.transport.call("POST", address, path, retries=1 if wait else 2,
                                    timeout=wait + LONG_POLL_SLACK if wait else 10, to=job.server)
         if resp.status_code == 204:
