@@ -2,12 +2,13 @@
 script with the venv's Python (``python blender_scenes.py COMMAND ...``): bpy stays out of
 pytest's process.
 
-* ``make FOLDER`` writes FOLDER/anim.blend: a plane with an image texture (FOLDER/textures/
+* ``make FOLDER [PORT]`` writes FOLDER/anim.blend: a plane with an image texture (FOLDER/textures/
   checker.png, a relative path), a cube and a sphere, a camera that moves over 12 frames,
   32x24, Cycles, 2 samples, no denoising; FOLDER/hostile.blend: the same with a text block
-  registered to run at load and a driver with a Python expression, both of which would write
-  FOLDER-relative marker files and open a socket; FOLDER/hostfile.blend: the texture at an
-  absolute path outside the folder. Prints a JSON line of Blender's frame names for a few
+  registered to run at load and a driver with a Python expression, which would write marker
+  files in the current folder, open a socket to loopback port PORT and copy a host file (the
+  secret.png beside FOLDER); FOLDER/hostfile.blend: the texture at that host file's absolute
+  path. Prints a JSON line of Blender's frame names for a few
   output patterns (``frame_path``).
 * ``own BLEND OUT`` renders the whole animation in one process, as ``blender -b BLEND -a``
   does, into OUT/ (Blender's own renders, to compare with).
@@ -25,14 +26,19 @@ EVIL = '''
 import os, socket
 open("pwned-by-text.txt", "w").write("ran")
 try:
-    socket.create_connection(("127.0.0.1", 9), 1)
+    socket.create_connection(("127.0.0.1", {port}), 1)
     open("socket-opened.txt", "w").write("yes")
 except OSError as e:
     open("socket-refused.txt", "w").write(str(e))
+try:
+    data = open({secret!r}, "rb").read()
+    open("host-read.txt", "wb").write(data)
+except OSError as e:
+    open("host-refused.txt", "w").write(str(e))
 '''
 
 
-def build(folder: str) -> None:
+def build(folder: str, port: str = "9") -> None:
     from PIL import Image  # the venv has Pillow beside bpy
 
     os.makedirs(f"{folder}/textures", exist_ok=True)
@@ -78,7 +84,8 @@ def build(folder: str) -> None:
 
     # A stranger's file: Python that would run at load, and a Python driver.
     text = bpy.data.texts.new("evil.py")
-    text.write(EVIL)
+    secret = os.path.join(os.path.dirname(os.path.abspath(folder)), "secret.png")
+    text.write(EVIL.format(port=int(port), secret=secret))
     text.use_module = True
     fcurve = bpy.data.objects["Cube"].driver_add("location", 2)
     fcurve.driver.type = "SCRIPTED"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,7 @@ import pytest
 from conftest import REPO, last_line, same_pixels, status
 from distren import backends, jobfile, pack, sandbox
 from distren.backends import blender
-from distren.errors import RenderError, SceneError
+from distren.errors import LimitExceeded, RenderError, SceneError
 from distren.scheduling import prepare_workdir
 
 pytestmark = pytest.mark.skipif(blender.NAME not in backends.available(), reason="bpy is not installed (make setup)")
@@ -32,13 +33,17 @@ def _bpy(*args: str) -> str:
 
 @pytest.fixture(scope="session")
 def blend(tmp_path_factory) -> dict:
-    """The scenes, Blender's names for a few output patterns, and Blender's own renders of anim.blend."""
+    """The scenes, Blender's names for a few output patterns, Blender's own renders of
+    anim.blend, and a loopback port listening for hostile.blend's script to call."""
     base = tmp_path_factory.mktemp("blender")
     folder = base / "scene"
-    out = _bpy("make", str(folder))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    out = _bpy("make", str(folder), str(listener.getsockname()[1]))
     names = json.loads(next(ln for ln in out.splitlines() if ln.startswith("names: "))[7:])
     _bpy("own", str(folder / "anim.blend"), str(base / "own"))
-    return {"folder": folder, "names": names, "own": base / "own", "base": base}
+    yield {"folder": folder, "names": names, "own": base / "own", "base": base, "listener": listener}
+    listener.close()
 
 
 def unpack(tar: Path, dest: Path) -> tuple[jobfile.JobFile, Path]:
@@ -134,6 +139,26 @@ def test_scripts_in_a_blend_never_run(blend, tmp_path):
     assert "scripts in the .blend were not run" in log
 
 
+def test_even_a_script_that_ran_would_reach_no_socket_and_no_host_file(blend, tmp_path):
+    """The sandbox, in case Blender ever ran a .blend's script: hostile.blend opened with its
+    scripts trusted, in the sandbox as a frame is rendered. Its text block runs, and its socket
+    to this machine's loopback and its read of a host file both fail."""
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(blend["folder"] / "hostile.blend", work / "hostile.blend")
+    argv, binds = sandbox.python_command(blender.RUNNER, [])
+    paths = sorted(inside for inside in binds if inside.startswith(f"{sandbox.PY_ROOT}/path"))
+    argv[argv.index("-c") + 1] = (f"import sys; sys.path[:0] = {paths!r}; import bpy; "
+                                  "bpy.ops.wm.open_mainfile(filepath='/work/hostile.blend', use_scripts=True)")
+    out = sandbox.run(argv, work, sandbox.Limits(wall=120), tmp_path / "log", binds=binds)
+    assert out.returncode == 0, out.tail[-2000:]
+    left = {p.name for p in work.iterdir()}
+    assert {"pwned-by-text.txt", "socket-refused.txt", "host-refused.txt"} <= left, left
+    assert not left & {"socket-opened.txt", "host-read.txt"}, left
+    with pytest.raises(BlockingIOError):
+        blend["listener"].accept()
+
+
 def test_a_host_file_named_in_a_blend_is_not_read(blend, tmp_path):
     """Bypassing pack (a hand-made bundle): the texture's absolute host path is not there in
     the sandbox, so Blender renders its missing-texture pink, not the host file's green."""
@@ -160,6 +185,14 @@ def test_failure_shows_blenders_message(blend, tmp_path):
         render(jf, jf.frame(1), scene, tmp_path / "w")
 
 
+def test_a_render_over_its_memory_limit_says_so(blend, tmp_path):
+    jf, scene = unpack(_packed(blend, tmp_path), tmp_path / "job")
+    shared = prepare_workdir(scene, tmp_path / "w")
+    with pytest.raises(LimitExceeded, match=r"more than 600 MiB of memory.*--max-memory"):
+        backends.get("blender").render(jf, jf.frame(1), tmp_path / "w", tmp_path / "log",
+                                       sandbox.Limits(wall=120, memory=600 << 20), None, shared)
+
+
 @pytest.mark.e2e
 def test_twelve_frames_from_two_peers_equal_blenders_own(blend, start_server, tmp_path, monkeypatch):
     """Acceptance: an origin that renders nothing, two peers with Blender and one without; the
@@ -172,12 +205,13 @@ def test_twelve_frames_from_two_peers_equal_blenders_own(blend, start_server, tm
     start_server("b", "--slots", "1", "--peer", a.http)
     start_server("c", "--slots", "1", "--peer", a.http)
     start_server("d", "--slots", "1", "--peer", a.http, "--plugin", "noblender")
-    url = last_line(a.cli("submit", str(blend["folder"] / "anim.blend"), "--wait", timeout=300))
-    st = status(a, url)
-    assert {f["server"] for f in st["frames"]} == {"distren://b/", "distren://c/"}, st["frames"]
+    url = last_line(a.cli("submit", str(blend["folder"] / "anim.blend"), "--movie", "--wait", timeout=300))
+    frames = status(a, url)["frames"]
+    assert {f["server"] for f in frames if f["id"] <= 12} == {"distren://b/", "distren://c/"}, frames
     a.cli("download", url, "-o", str(tmp_path / "got"))
     for name in FRAMES:
         assert same_pixels(tmp_path / "got" / name, blend["own"] / Path(name).name), name
+    assert (tmp_path / "got" / "render" / "frame_0001.mp4").stat().st_size > 0  # --movie, any server's ffmpeg
 
 
 @pytest.mark.e2e

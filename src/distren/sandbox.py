@@ -301,7 +301,8 @@ def run(argv: list[str], workdir: Path, limits: Limits, log: Path, *, shared: di
     return out
 
 
-_OOM = re.compile(r"bad_alloc|out of memory|cannot allocate memory|MemoryError|memory exhausted", re.I)
+_OOM = re.compile(r"bad_alloc|out of memory|cannot allocate memory|MemoryError|memory exhausted|"
+                  r"failed to map segment", re.I)  # the last: the dynamic loader, short of address space
 _NO_THREAD = re.compile(r"thread_resource_error|Resource temporarily unavailable|can't start new thread|"
                         r"Cannot fork|fork: retry", re.I)
 
