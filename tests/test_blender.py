@@ -20,7 +20,6 @@ from distren.backends import blender
 from distren.errors import LimitExceeded, RenderError, SceneError
 from distren.scheduling import prepare_workdir
 
-pytestmark = pytest.mark.skipif(blender.NAME not in backends.available(), reason="bpy is not installed (make setup)")
 SCENES = REPO / "tests" / "blender_scenes.py"
 FRAMES = [f"render/frame_{i:04d}.png" for i in range(1, 13)]
 
