@@ -1,10 +1,10 @@
 """distren against Blender alone on the same frames: the tests' scene (tests/blender_scenes.py) at
-320x240 and 16 samples, 24 frames. Blender alone is one process rendering the animation
+320x240 and 16 samples, 24 frames (or as the arguments say). Blender alone is one process rendering the animation
 (``bpy.ops.render.render(animation=True)``, as ``blender -b -a``, on all cores); distren is one
 server with --slots 1 and 2, submit to download, each frame a sandboxed process that imports
 bpy and opens the .blend again. Prints each time (median of ROUNDS) and distren's over Blender's.
 
-    .venv/bin/python bench/blender.py [ROUNDS] [FRAMES] [SAMPLES]
+    .venv/bin/python bench/blender.py [ROUNDS] [FRAMES] [SAMPLES] [WIDTHxHEIGHT]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from common import median, server  # noqa: E402
 from distren.pack import pack  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[1] / "tests" / "blender_scenes.py"
-W, H = 320, 240
 SETUP = """
 import bpy, sys
 bpy.ops.wm.open_mainfile(filepath=sys.argv[1], load_ui=False, use_scripts=False)
@@ -60,12 +59,13 @@ def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     frames = int(sys.argv[2]) if len(sys.argv) > 2 else 24
     samples = int(sys.argv[3]) if len(sys.argv) > 3 else 16
-    print(f"machine: {os.cpu_count()} cores; {frames} frames at {W}x{H}, {samples} samples")
+    w, h = (int(v) for v in (sys.argv[4] if len(sys.argv) > 4 else "320x240").split("x"))
+    print(f"machine: {os.cpu_count()} cores; {frames} frames at {w}x{h}, {samples} samples")
     tmp = Path(tempfile.mkdtemp(prefix="distren-bench-blender-"))
     try:
         subprocess.run([sys.executable, str(SCENES), "make", str(tmp / "scene")], check=True, capture_output=True)
         blend = tmp / "scene" / "anim.blend"
-        subprocess.run([sys.executable, "-c", SETUP, str(blend), str(W), str(H), str(samples), str(frames)],
+        subprocess.run([sys.executable, "-c", SETUP, str(blend), str(w), str(h), str(samples), str(frames)],
                        check=True, capture_output=True)
         alone = median([blender_alone(blend) for _ in range(rounds)])
         print(f"Blender alone, one process: {alone:.2f} s ({alone / frames:.2f} s a frame)")
