@@ -8,10 +8,10 @@ pytest's process.
   registered to run at load and a driver with a Python expression, which would write marker
   files in the current folder, open a socket to loopback port PORT and copy a host file (the
   secret.png beside FOLDER); FOLDER/hostfile.blend: the texture at that host file's absolute
-  path. Prints a JSON line of Blender's frame names for a few
+  path; FOLDER/linked.blend and FOLDER/packed.blend (see :func:`linked_and_packed`). Prints a JSON line of Blender's frame names for a few
   output patterns (``frame_path``).
-* ``own BLEND OUT`` renders the whole animation in one process, as ``blender -b BLEND -a``
-  does, into OUT/ (Blender's own renders, to compare with).
+* ``own BLEND OUT [FRAME]`` renders the whole animation (or only FRAME) in one process, as
+  ``blender -b BLEND -a`` (``-f FRAME``) does, into OUT/ (Blender's own renders, to compare with).
 """
 
 from __future__ import annotations
@@ -106,11 +106,45 @@ def build(folder: str, port: str = "9") -> None:
             r.filepath, r.image_settings.file_format = pattern, fmt
             names[f"{pattern}|{fmt}"] = os.path.relpath(r.frame_path(frame=7), folder)
     print("names: " + json.dumps(names))
+    linked_and_packed(folder)
 
 
-def own(blend: str, out: str) -> None:
+def linked_and_packed(folder: str) -> None:
+    """FOLDER/lib/props.blend: a cone with a texture of its own (FOLDER/textures/stripes.png,
+    relative to the library); FOLDER/linked.blend: anim.blend with the cone linked from it;
+    FOLDER/packed.blend: anim.blend with its texture packed into it."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (250, 200, 0)).save(f"{folder}/textures/stripes.png")
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.mesh.primitive_cone_add(radius1=0.5, depth=1, location=(-1.5, 1, 0.5))
+    cone = bpy.context.object
+    cone.name = "Cone"
+    mat = bpy.data.materials.new("Stripes")
+    mat.use_nodes = True
+    tex = mat.node_tree.nodes.new("ShaderNodeTexImage")
+    tex.image = bpy.data.images.load(f"{folder}/textures/stripes.png")
+    mat.node_tree.links.new(tex.outputs["Color"], mat.node_tree.nodes["Principled BSDF"].inputs["Base Color"])
+    cone.data.materials.append(mat)
+    os.makedirs(f"{folder}/lib", exist_ok=True)
+    bpy.ops.wm.save_as_mainfile(filepath=f"{folder}/lib/props.blend", relative_remap=True)
+    bpy.ops.wm.open_mainfile(filepath=f"{folder}/anim.blend", load_ui=False, use_scripts=False)
+    with bpy.data.libraries.load(f"{folder}/lib/props.blend", link=True, relative=True) as (_, dst):
+        dst.objects = ["Cone"]
+    for ob in dst.objects:
+        bpy.context.scene.collection.objects.link(ob)
+    bpy.ops.wm.save_as_mainfile(filepath=f"{folder}/linked.blend", relative_remap=True)
+    bpy.ops.wm.open_mainfile(filepath=f"{folder}/anim.blend", load_ui=False, use_scripts=False)
+    bpy.ops.file.pack_all()
+    bpy.ops.wm.save_as_mainfile(filepath=f"{folder}/packed.blend", relative_remap=True)
+
+
+def own(blend: str, out: str, frame: str = "") -> None:
     bpy.ops.wm.open_mainfile(filepath=os.path.abspath(blend), load_ui=False, use_scripts=False)
-    bpy.context.scene.render.filepath = os.path.abspath(out) + "/frame_####"
+    scene = bpy.context.scene
+    scene.render.filepath = os.path.abspath(out) + "/frame_####"
+    if frame:
+        scene.frame_start = scene.frame_end = int(frame)
     bpy.ops.render.render(animation=True)
 
 

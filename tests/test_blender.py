@@ -90,6 +90,29 @@ def test_pack_reads_the_blend_and_bundles_its_texture(blend, tmp_path):
     assert jf.frames[-1].settings["inputs"] == "render/frame_0003.png;render/frame_0004.png;render/frame_0005.png"
 
 
+def test_a_linked_library_travels_with_the_files_it_uses(blend, tmp_path):
+    """linked.blend links a cone from lib/props.blend, whose texture only the library uses: the
+    bundle holds both, and the frame equals Blender's own render of linked.blend."""
+    tar = _packed(blend, tmp_path, "linked.blend")
+    with tarfile.open(tar) as t:
+        assert sorted(t.getnames()) == ["distrenjob.xml", "scene/lib/props.blend", "scene/linked.blend",
+                                        "scene/textures/checker.png", "scene/textures/stripes.png"]
+    jf, scene = unpack(tar, tmp_path / "job")
+    got, log = render(jf, jf.frame(4), scene, tmp_path / "w")
+    _bpy("own", str(blend["folder"] / "linked.blend"), str(tmp_path / "own"), "4")
+    assert same_pixels(got, tmp_path / "own" / "frame_0004.png"), log
+    assert not same_pixels(got, blend["own"] / "frame_0004.png")  # the cone is there
+
+
+def test_a_blend_with_its_files_packed_travels_alone(blend, tmp_path):
+    tar = _packed(blend, tmp_path, "packed.blend")
+    with tarfile.open(tar) as t:
+        assert sorted(t.getnames()) == ["distrenjob.xml", "scene/packed.blend"]
+    jf, scene = unpack(tar, tmp_path / "job")
+    got, log = render(jf, jf.frame(2), scene, tmp_path / "w")
+    assert same_pixels(got, blend["own"] / "frame_0002.png"), log  # anim.blend's frame: the same texture
+
+
 def test_pack_refuses_what_it_cannot_find(blend, tmp_path):
     with pytest.raises(SceneError, match=r"secret\.png, which is outside its folder"):
         pack.pack(blend["folder"] / "hostfile.blend", tmp_path / "x.tar")
