@@ -84,7 +84,13 @@ def test_pack_reads_the_blend_and_bundles_its_texture(blend, tmp_path):
     with tarfile.open(tmp_path / "job.tar") as t:
         # Only what the scene uses: not the other .blend files beside it.
         assert sorted(t.getnames()) == ["distrenjob.xml", "scene/anim.blend", "scene/textures/checker.png"]
-    jf = pack.pack(blend["folder"] / "anim.blend", tmp_path / "j2.tar", width=16, height=12, frames="3-5", movie=True)
+    with pytest.raises(SceneError, match=r"several \.blend files \(anim\.blend, hostfile\.blend"):
+        pack.pack(blend["folder"], tmp_path / "j1.tar")
+    alone = tmp_path / "alone"
+    shutil.copytree(blend["folder"] / "textures", alone / "textures")
+    shutil.copy(blend["folder"] / "anim.blend", alone / "anim.blend")
+    # A folder holding one .blend is that .blend.
+    jf = pack.pack(alone, tmp_path / "j2.tar", width=16, height=12, frames="3-5", movie=True)
     assert (jf.width, jf.height, [f.id for f in jf.frames]) == (16, 12, [3, 4, 5, 6])
     assert jf.frames[-1].type == "movie"
     assert jf.frames[-1].settings["inputs"] == "render/frame_0003.png;render/frame_0004.png;render/frame_0005.png"

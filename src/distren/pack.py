@@ -44,7 +44,14 @@ def _pick(folder: Path) -> Path:
     if len(povs) == 1:
         return povs[0]
     if not povs:
-        raise SceneError(f"{folder} holds no .ini or .pov file; point distren at a POV-Ray scene")
+        blends = sorted(p for p in folder.glob("*.blend") if p.is_file())
+        if len(blends) == 1:
+            return blends[0]
+        if blends:
+            raise SceneError(f"{folder} holds several .blend files ({', '.join(p.name for p in blends)}); "
+                             "name the one to render")
+        raise SceneError(f"{folder} holds no .ini or .pov file (nor a .blend); point distren at a POV-Ray "
+                         "or Blender scene")
     names = ", ".join(p.name for p in povs)
     raise SceneError(f"{folder} holds several .pov files ({names}) and no INI; name the one to render")
 
@@ -175,10 +182,11 @@ def pack(source: Path, output: Path, width: int | None = None, height: int | Non
     ``movie`` adds a frame that encodes the animation as an MP4; ``chain`` makes each frame
     depend on the one before (for scenes that read the previous frame's image). A .blend is
     Blender's (:mod:`distren.pack_blend`)."""
-    if Path(source).suffix.lower() == ".blend" and Path(source).is_file():
+    source = _pick(Path(source)) if Path(source).is_dir() else Path(source)
+    if source.suffix.lower() == ".blend" and source.is_file():
         from . import pack_blend
 
-        jf, members = pack_blend.prepare(Path(source), width, height, frames, tiles, movie, chain)
+        jf, members = pack_blend.prepare(source, width, height, frames, tiles, movie, chain)
     else:
         packed = prepare(source, width, height, frames, tiles, movie, chain)
         jf, members = packed.jobfile, scene_members(packed)

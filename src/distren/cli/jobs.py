@@ -18,7 +18,7 @@ from .common import (EXIT_FAILED, EXIT_TIMEOUT, ChainOpt, FramesOpt, HeightOpt, 
 
 @app.command()
 def pack(
-    source: Path = typer.Argument(..., help="A scene: an .ini, a .pov, a .blend, or a folder holding an .ini or .pov."),
+    source: Path = typer.Argument(..., help="A scene: an .ini, a .pov, a .blend, or a folder holding one."),
     output: Path = typer.Option(..., "-o", "--output", help="The bundle (.tar) to write."),
     width: Optional[int] = WidthOpt,
     height: Optional[int] = HeightOpt,
