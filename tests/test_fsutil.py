@@ -140,3 +140,17 @@ def test_fsync_dir(tmp_path):
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(NotADirectoryError):
         fsutil.fsync_dir(tmp_path / "f")
+
+
+def test_stale_temps_of_cut_writes_are_removed_and_nothing_else(tmp_path):
+    from distren.fsutil import remove_stale_temps
+
+    keep = [tmp_path / "1" / "frames" / "0003.tar", tmp_path / "1" / "bundle.tar", tmp_path / "x.tmp",
+            tmp_path / "1" / ".hidden", tmp_path / "1" / ".a.b.tmp"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"k")
+    stale = tmp_path / "1" / "frames" / ".0004.tar.ab_cd123.tmp"  # as atomic_open names it
+    stale.write_bytes(b"half")  # what a SIGKILL inside atomic_open leaves
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert not stale.exists() and all(p.read_bytes() == b"k" for p in keep)

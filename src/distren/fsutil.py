@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -41,6 +42,17 @@ def atomic_open(path: Path, mode: int = 0o644):
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Remove the temp files of atomic writes that a SIGKILL cut short (``.NAME.XXXXXXXX.tmp``,
+    as ``atomic_open`` names them). Only at start, before anything writes: then each is junk."""
+    gone = []
+    for p in Path(root).rglob(".*.tmp"):
+        if re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import keys, sandbox, states, urls
+from . import fsutil, keys, sandbox, states, urls
 from .bus import Bus
 from .concurrency import CAP_PER_CORE, Governor
 from .dashboard import Dashboard
@@ -134,6 +134,8 @@ class Server:
             log.info("requeued frame %s of job %s after restart", frame_id, job_id)
         for folder in ("work", "incoming", "outgoing"):
             shutil.rmtree(self.settings.data / folder, ignore_errors=True)
+        for p in fsutil.remove_stale_temps(self.settings.data / "jobs"):
+            log.info("removed %s, a write cut short by the last stop", p.name)
         for job_id in self.store.jobs_awaiting_rebundle():
             self.jobs.rebundle(job_id)
         self.origin.start()
