@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median, server  # noqa: E402
+from common import distren_run, median, server  # noqa: E402
 
-from distren.pack import pack  # noqa: E402
 
 SCENES = Path(__file__).resolve().parents[1] / "tests" / "blender_scenes.py"
 SETUP = """
@@ -42,19 +41,6 @@ def blender_alone(blend: Path) -> float:
     return elapsed
 
 
-def distren_run(client, blend: Path, work: Path) -> float:
-    out = Path(tempfile.mkdtemp(dir=work))
-    t0 = time.perf_counter()
-    pack(blend, out / "job.tar")
-    url = client.submit(out / "job.tar")
-    st = client.wait(url, poll=0.05)
-    assert st["state"] == "done", st
-    client.download(url, out / "frames")
-    elapsed = time.perf_counter() - t0
-    shutil.rmtree(out)
-    return elapsed
-
-
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     frames = int(sys.argv[2]) if len(sys.argv) > 2 else 24
@@ -71,7 +57,7 @@ def main() -> None:
         print(f"Blender alone, one process: {alone:.2f} s ({alone / frames:.2f} s a frame)")
         for slots in (1, 2):
             with server(f"blender{slots}", "--slots", str(slots)) as (client, work):
-                t = median([distren_run(client, blend, work) for _ in range(rounds)])
+                t = median([distren_run(client, blend, None, None, None, work) for _ in range(rounds)])
             print(f"distren --slots {slots}: {t:.2f} s ({t / frames:.2f} s a frame), {t / alone:.2f}x Blender alone")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

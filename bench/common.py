@@ -41,8 +41,10 @@ def server(name: str, *args: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def distren_run(client: Client, scene_ini: Path, width: int, height: int, frames: str, work: Path) -> float:
-    """Submit to download, as a user would: pack, upload, wait, fetch the frames."""
+def distren_run(client: Client, scene_ini: Path, width: int | None, height: int | None, frames: str | None,
+                work: Path) -> float:
+    """Submit to download, as a user would: pack, upload, wait, fetch the frames (None: the
+    scene's own size or range)."""
     out = Path(tempfile.mkdtemp(dir=work))
     t0 = time.perf_counter()
     pack(scene_ini, out / "job.tar", width, height, frames)
